@@ -81,6 +81,7 @@ class GTAD(nn.Module):
     def align_project(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """x (B, C, L) → (R, hidden_3d): SGAlign (inner + kNN context bins) followed by ``proj``."""
         ctx = knn_context(x, self.k)
+        rois = rois.to(x.dtype)
         if self.fused:
             return ops.sg_align_project(x, ctx, rois, self.proj.weight, self.proj.bias,
                                         inner_bins=self.inner_bins, ctx_bins=self.ctx_bins)
