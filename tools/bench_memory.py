@@ -37,10 +37,17 @@ def saved_bytes(model: torch.nn.Module, fn) -> int:
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
-    def pack(t):
+    def count(t):
+        if t.is_sparse:  # e.g. the pure-PyTorch SGAlign's sampling matrix
+            count(t._indices())
+            count(t._values())
+            return
         storage = t.untyped_storage()
         if storage.data_ptr() not in param_ptrs:
             storages[storage.data_ptr()] = storage.nbytes()
+
+    def pack(t):
+        count(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
