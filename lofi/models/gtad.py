@@ -81,9 +81,9 @@ class GTAD(nn.Module):
     def align_project(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """x (B, C, L) → (R, hidden_3d): SGAlign (inner + kNN context bins) followed by ``proj``."""
         ctx = knn_context(x, self.k)
-        rois = rois.to(x.dtype)
-        if self.fused:
-            return ops.sg_align_project(x, ctx, rois, self.proj.weight, self.proj.bias,
+        rois = rois.to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # exact window ends under bf16
+        if self.fused:  # under autocast x may be bf16: the op takes the weight in x's dtype
+            return ops.sg_align_project(x, ctx, rois, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype),
                                         inner_bins=self.inner_bins, ctx_bins=self.ctx_bins)
         aligned = torch.cat([ops.sg_align(x, rois, self.inner_bins), ops.sg_align(ctx, rois, self.ctx_bins)], 2)
         return self.proj(aligned.flatten(1))  # flattened channel index c·36 + bin, as in G-TAD
