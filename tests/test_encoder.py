@@ -161,3 +161,15 @@ def test_mmaction2_conversion(tmp_path):
     torch.save({"meta": {"epoch": 50}, "state_dict": mm}, tmp_path / "tsm_r50_mmaction2.pth")
     fresh = build_encoder("tsm_r50", weights=str(tmp_path / "tsm_r50_mmaction2.pth"))
     assert all(torch.equal(fresh.backbone.state_dict()[k], v) for k, v in tv.items())
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_autocast_and_channels_last():
+    torch.manual_seed(0)
+    enc = build_encoder("tsm_r18", channels_last=True).eval()
+    x = frames(1, 3, 4, size=64)
+    with torch.no_grad():
+        ref = enc(x)
+        out = enc.cuda()(x.cuda())
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out.cpu(), ref, rtol=0.1, atol=0.05)  # bf16 autocast on the GPU

@@ -100,3 +100,20 @@ def test_rejects_bad_input():
         GTAD(10)
     with pytest.raises(ValueError, match=r"\(B, C, L\)"):
         GTAD(16, **SMALL)(torch.randn(16, 10))
+
+
+@pytest.mark.cuda
+def test_cuda_fused_matches_unfused_and_cpu():
+    torch.manual_seed(0)
+    fused = GTAD(64, fused=True)
+    unfused = GTAD(64, fused=False)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 64, 50)
+    ref = fused(x)
+    a, b = fused.cuda()(x.cuda()), unfused.cuda()(x.cuda())
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[k].cpu(), ref[k], rtol=1e-4, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fused(x.cuda())
+    assert torch.isfinite(out["maps"]).all()
