@@ -4,7 +4,7 @@ Three input formats are read:
 
 * ``"activitynet"``: ActivityNet v1.3 / HACS JSON,
   ``{"database": {video_id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``.
-  A ``v_`` prefix on ids is removed (ids never carry it here).
+  Ids are kept verbatim (the files use YouTube ids without a ``v_`` prefix; a few real ids begin with ``v_``).
 * ``"thumos"``: THUMOS14-style JSON (the layout ActionFormer/OpenTAD ship): the same ``database`` layout, where the
   subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the class
   index), a segment may be given only in frames as ``"segment(frames)"`` (converted with the video's ``"fps"``), and
@@ -51,7 +51,7 @@ class Segment:
 class VideoRecord:
     """One sample to pack.
 
-    ``id``: sample id (no ``v_`` prefix); ``video``: the source file's stem (the id, or the clip list's ``video``);
+    ``id``: sample id; ``video``: the source file's stem (the id, or the clip list's ``video``);
     ``subset``: split name; ``annotations``: segments in seconds relative to the sample's start; ``duration``: the
     annotated duration in seconds (``None`` if the file gives none); ``clip``: ``(start, end)`` seconds to cut from the
     source (``None``: the whole file); ``label``: the clip's class (clip lists only).
@@ -108,9 +108,8 @@ def _load_database(path: pathlib.Path, thumos: bool) -> Annotations:
     if not isinstance(database, dict):
         raise AnnotationError(f"{path}: missing the 'database' object (video id -> entry)")
     records, given_ids = [], {}
-    for raw_id, entry in database.items():
-        vid = raw_id[2:] if raw_id.startswith("v_") and not thumos else raw_id
-        where = f"{path}: video {raw_id!r}"
+    for vid, entry in database.items():
+        where = f"{path}: video {vid!r}"
         if not isinstance(entry, dict):
             raise AnnotationError(f"{where}: entry must be an object, got {type(entry).__name__}")
         subset = entry.get("subset")

@@ -19,7 +19,8 @@ drifts from its wander path to the instance's anchor and after it drifts back (1
 boundary is marked only by the change of motion, never by a jump.
 
 *Instances.* 1-3 per video (``instances``), non-overlapping, each lasting ``instance_fraction`` (default 5-80%) of
-the video (fractions are redrawn until the instances fit in 90% of it), placed with random gaps, classes uniform.
+the video (fractions are redrawn until the instances fit in 90% of it), placed with random gaps (at least 1 s between
+instances), classes uniform.
 
 *Classification source set* (stage-1 pretraining, Kinetics' role): trimmed clips in which the actor performs one
 action for the whole clip, no background class, drawn from a *shifted* distribution: striped backgrounds instead of
@@ -29,8 +30,9 @@ smooth textures, a disjoint (cool instead of warm) colour palette, larger object
 so output does not depend on the number of workers; the h264 encoder is deterministic, so the same config gives
 identical files.
 
-*Speed.* Frames are rendered with vectorized NumPy in chunks of frames (objects are separable squares: an object
-costs one outer product per frame) and encoded straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
+*Speed.* Paths are computed for all frames at once (vectorized NumPy); a frame is a slice of the background texture
+plus, per object, one outer product over the object's own patch (squares have separable coverage). Frames are encoded
+straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
 
 Outputs of :func:`make_synthetic` (in ``out_dir``): ``videos/ID.mp4`` + ``annotations.json`` (ActivityNet format,
 ``training``/``validation`` subsets) and ``clips/ID.mp4`` + ``clips.csv`` (Kinetics-style clip list:
@@ -74,7 +76,7 @@ DOMAINS = {
     "source": {"colours": COOL, "half_size": (0.08, 0.11), "speed": (0.8, 1.25), "background": "stripes"},
 }
 _BRIDGE_S = 1.5
-_CHUNK = 32
+_MIN_GAP_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,7 @@ class SyntheticConfig:
     num_clips: int = 200
     clip_length: tuple[float, float] = (2.0, 3.2)
     clip_validation_fraction: float = 0.15
-    quality: int = 18
+    quality: int = 23
 
     def __post_init__(self):
         if not 1 <= self.num_classes <= len(CLASSES):
@@ -239,18 +241,22 @@ def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
 
 
 def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, float, str]]:
+    """1-3 non-overlapping (start, end, label) in seconds, on frame times, at least ``_MIN_GAP_S`` apart (less in
+    very short videos) so that consecutive instances of one class stay separable."""
     n = int(rng.integers(cfg.instances[0], cfg.instances[1] + 1))
     while True:
         frac = rng.uniform(*cfg.instance_fraction, n)
         if frac.sum() <= 0.9:
             break
-    gaps = rng.dirichlet(np.ones(n + 1)) * (1 - frac.sum()) * duration
+    free = (1 - frac.sum()) * duration
+    min_gap = min(_MIN_GAP_S, free / (2 * max(1, n - 1)))
+    gaps = rng.dirichlet(np.ones(n + 1)) * (free - (n - 1) * min_gap) + np.r_[0, np.full(n - 1, min_gap), 0]
     labels = rng.choice(cfg.classes, n)
     out, t = [], 0.0
     for i in range(n):
         t += gaps[i]
-        # snap to frame times so the annotation agrees with the rendered frames
-        start, end = round(t * cfg.fps) / cfg.fps, round((t + frac[i] * duration) * cfg.fps) / cfg.fps
+        start = round(t * cfg.fps) / cfg.fps  # on frame times, so annotations agree with the rendered frames
+        end = max(round((t + frac[i] * duration) * cfg.fps), round(t * cfg.fps) + 1) / cfg.fps
         out.append((start, end, str(labels[i])))
         t += frac[i] * duration
     return out
@@ -324,22 +330,29 @@ def _background(rng, cfg: SyntheticConfig, style: str, num_frames: int):
 
 
 def render(spec: dict, cfg: SyntheticConfig):
-    """Yield the frames of ``spec`` as uint8 arrays (H, W, 3), rendered ``_CHUNK`` frames at a time."""
+    """Yield the frames of ``spec`` as uint8 arrays (H, W, 3): the panning background window, then each object
+    composited (anti-aliased square, separable coverage) over its own small patch."""
     h, w = cfg.size
     look, paths = spec["look"], spec["paths"]
     rng = np.random.default_rng(look["background_seed"])
     tex, rows, cols = _background(rng, cfg, look["background"], spec["num_frames"])
-    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
-    colour, half = look["colour"].astype(np.float32), np.float32(look["half"] + 0.5)
-    for c0 in range(0, spec["num_frames"], _CHUNK):
-        sl = slice(c0, min(c0 + _CHUNK, spec["num_frames"]))
-        frames = tex[rows[sl][:, :, None], cols[sl][:, None, :]]
-        for obj in paths[:, sl].astype(np.float32):
-            ay = np.clip(half - np.abs(ys[None] - obj[:, 1, None]), 0, 1)
-            ax = np.clip(half - np.abs(xs[None] - obj[:, 0, None]), 0, 1)
-            alpha = (ay[:, :, None] * ax[:, None, :])[..., None]
-            frames += alpha * (colour - frames)
-        yield from np.clip(frames, 0, 255).astype(np.uint8)
+    tex = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
+    colour, half = look["colour"].astype(np.float32), look["half"] + 0.5
+    lo = np.floor(paths - half).astype(int)
+    hi = np.ceil(paths + half).astype(int) + 1
+    for f in range(spec["num_frames"]):
+        frame = tex[rows[f, 0]:rows[f, 0] + h, cols[f, 0]:cols[f, 0] + w].copy()
+        for o in range(len(paths)):
+            (x0, y0), (x1, y1) = np.maximum(lo[o, f], 0), np.minimum(hi[o, f], (w, h))
+            if x0 >= x1 or y0 >= y1:
+                continue
+            cx, cy = paths[o, f]
+            ay = np.clip(half - np.abs(np.arange(y0, y1) - cy), 0, 1).astype(np.float32)
+            ax = np.clip(half - np.abs(np.arange(x0, x1) - cx), 0, 1).astype(np.float32)
+            patch = frame[y0:y1, x0:x1].astype(np.float32)
+            patch += (ay[:, None, None] * ax[None, :, None]) * (colour - patch)
+            frame[y0:y1, x0:x1] = patch + 0.5
+        yield frame
 
 
 def _write_video(spec: dict, cfg: SyntheticConfig, path: pathlib.Path) -> None:
