@@ -147,3 +147,18 @@ def test_clip_segments_clips_and_drops_with_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert clip_segments(segments[1:2], 10.0, "v") == ([segments[1]], [])
+
+
+def test_fixed_class_index(tmp_path):
+    database = {"a": {"subset": "training", "annotations": [{"segment": [0, 1], "label": "run"}]}}
+    path = write_json(tmp_path / "a.json", {"classes": ["walk", "run", "jump"], "database": database})
+    assert load_annotations(path).classes == ["walk", "run", "jump"]
+    assert load_annotations(path, classes=["run", "x"]).label_ids == {"run": 0, "x": 1}
+    with pytest.raises(AnnotationError, match=r"'a'.*'run' is not in the given class list"):
+        load_annotations(path, classes=["walk"])
+    bad = write_json(tmp_path / "b.json", {"classes": ["walk", "walk", "run"], "database": database})
+    with pytest.raises(AnnotationError, match="repeats"):
+        load_annotations(bad)
+    clips = tmp_path / "c.csv"
+    clips.write_text("video,start,end,label,split\nv,0,1,jump,train\n")
+    assert load_annotations(clips, "clips", classes=["walk", "run", "jump"]).label_ids["jump"] == 2

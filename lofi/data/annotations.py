@@ -3,7 +3,8 @@
 Three input formats are read:
 
 * ``"activitynet"``: ActivityNet v1.3 / HACS JSON,
-  ``{"database": {video_id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``.
+  ``{"database": {video_id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``, optionally with
+  a top-level ``"classes"`` list that fixes the class index (the synthetic benchmark writes one).
   Ids are kept verbatim (the files use YouTube ids without a ``v_`` prefix; a few real ids begin with ``v_``).
 * ``"thumos"``: THUMOS14-style JSON (the layout ActionFormer/OpenTAD ship): the same ``database`` layout, where the
   subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the class
@@ -76,16 +77,33 @@ class Annotations:
         self.label_ids = {name: i for i, name in enumerate(self.classes)}
 
 
-def load_annotations(path, fmt: str = "activitynet") -> Annotations:
-    """Parse ``path`` in format ``fmt`` (one of :data:`FORMATS`)."""
+def load_annotations(path, fmt: str = "activitynet", classes=None) -> Annotations:
+    """Parse ``path`` in format ``fmt`` (one of :data:`FORMATS`).
+
+    The class index is, in order of precedence: ``classes`` (a list of names), the file's top-level ``"classes"``
+    list (JSON formats), the file's ``label_id`` values (THUMOS), the sorted label names. A fixed list must hold every
+    label the file uses; it keeps two datasets (e.g. a clip set and a TAL set) on one index.
+    """
     path = pathlib.Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of {FORMATS}")
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    if fmt == "clips":
-        return _load_clips(path)
-    return _load_database(path, thumos=fmt == "thumos")
+    ann = _load_clips(path) if fmt == "clips" else _load_database(path, thumos=fmt == "thumos")
+    return ann if classes is None else _fixed_classes(ann.records, classes, "the given class list", path)
+
+
+def _fixed_classes(records, classes, source: str, path) -> Annotations:
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) and c for c in classes):
+        raise AnnotationError(f"{path}: {source} must be a list of class names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise AnnotationError(f"{path}: {source} repeats a class name")
+    known = set(classes)
+    for r in records:
+        for label in [s.label for s in r.annotations] + ([r.label] if r.label is not None else []):
+            if label not in known:
+                raise AnnotationError(f"{path}: video {r.id!r}: label {label!r} is not in {source}")
+    return Annotations(records, list(classes))
 
 
 def _read_json(path: pathlib.Path):
@@ -148,6 +166,8 @@ def _load_database(path: pathlib.Path, thumos: bool) -> Annotations:
             segments.append(Segment(start, end, label))
         records.append(VideoRecord(id=vid, video=vid, subset=subset.lower() if thumos else subset,
                                    annotations=tuple(segments), duration=duration))
+    if "classes" in data:
+        return _fixed_classes(records, data["classes"], "its 'classes' list", path)
     labels = {s.label for r in records for s in r.annotations}
     return Annotations(records, _classes(labels, given_ids, path))
 

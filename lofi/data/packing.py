@@ -336,12 +336,13 @@ def sample_json(record: VideoRecord, meta: dict, ann: Annotations, source: str) 
 def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet", subsets=None, fps: float = 15,
                 short_side: int = 256, codec: str = "h264", shard_size: int = 32, workers: int | None = None,
                 strict: bool = False, gop_seconds: float = 1.0, quality: int | None = None, copy: bool = True,
-                progress: bool = True) -> dict:
+                classes=None, progress: bool = True) -> dict:
     """Transcode the annotated videos of ``video_dir`` and pack them into WebDataset shards in ``out_dir``.
 
     ``fmt``: annotation format (``lofi.data.annotations.FORMATS``); ``subsets``: the subsets to pack (default all);
     ``fps``, ``short_side`` (px), ``codec``, ``gop_seconds``, ``quality``, ``copy``: see :class:`Encoding`; ``shard_size``:
-    samples per shard; ``workers``: transcoding processes (default: all CPUs). Corrupt videos and videos missing from
+    samples per shard; ``workers``: transcoding processes (default: all CPUs); ``classes``: a fixed class list (label_id
+    order, see :func:`lofi.data.annotations.load_annotations`). Corrupt videos and videos missing from
     ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is raised at the end
     if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file: {num_samples, sha256,
     keys, planned, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped: [{video, subset,
@@ -356,7 +357,7 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
         raise ValueError(f"workers={workers!r} must be at least 1")
     enc = Encoding(fps=float(fps), short_side=int(short_side), codec=codec, gop_seconds=float(gop_seconds),
                    quality=quality, threads=1 if workers > 1 else 0, copy=copy)
-    ann = load_annotations(annotation_file, fmt)
+    ann = load_annotations(annotation_file, fmt, classes)
     records = ann.records
     if subsets is not None:
         subsets = [subsets] if isinstance(subsets, str) else list(subsets)
@@ -385,7 +386,7 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
 
     settings = {"version": VERSION, "format": fmt, "codec": enc.codec, "fps": enc.fps, "short_side": enc.short_side,
                 "gop_seconds": enc.gop_seconds, "quality": enc.quality, "copy": enc.copy, "shard_size": shard_size,
-                "annotation_sha256": sha256_file(annotation_file)}
+                "annotation_sha256": sha256_file(annotation_file), "classes": ann.classes}
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _reusable_shards(out_dir, settings, shards)
     _remove_leftovers(out_dir, shards)

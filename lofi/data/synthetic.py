@@ -20,7 +20,7 @@ boundary is marked only by the change of motion, never by a jump.
 
 *Instances.* 1-3 per video (``instances``), non-overlapping, each lasting ``instance_fraction`` (default 5-80%) of
 the video (fractions are redrawn until the instances fit in 90% of it), placed with random gaps (at least 1 s between
-instances), classes uniform.
+instances, or 5% of the video if less), classes uniform.
 
 *Classification source set* (stage-1 pretraining, Kinetics' role): trimmed clips in which the actor performs one
 action for the whole clip, no background class, drawn from a *shifted* distribution: striped backgrounds instead of
@@ -109,7 +109,7 @@ class SyntheticConfig:
         if not 1 <= self.instances[0] <= self.instances[1] <= 3:
             raise ValueError(f"instances={self.instances} must satisfy 1 <= min <= max <= 3")
         lo, hi = self.instance_fraction
-        if not (0 < lo <= hi <= 1 and lo * self.instances[1] <= 0.9):
+        if not (0 < lo <= hi <= 1 and lo * self.instances[1] + 0.05 * (self.instances[1] - 1) <= 0.9):
             raise ValueError(f"instance_fraction={self.instance_fraction}: {self.instances[1]} instances of "
                              f"{lo} of the video must fit in 90% of it")
         if not 0 < self.length[0] <= self.length[1] or not 0 < self.clip_length[0] <= self.clip_length[1]:
@@ -222,12 +222,16 @@ def actor_path(rng, t, instances, lo, hi, short, speed, still: bool) -> np.ndarr
         tg = t[gap]
         span = (t[b] if b is not None and b < len(t) else np.inf) - (t[a] if a is not None and a >= 0 else -np.inf)
         half = min(_BRIDGE_S, span / 2)
+        low, high = lo.copy(), hi.copy()
         if a is not None and a >= 0:
             w = _smoothstep(1 - (tg - t[a]) / half)[:, None]
             pos[gap] += (pos[a] - idle[a]) * w
+            low, high = np.minimum(low, pos[a]), np.maximum(high, pos[a])
         if b is not None and b < len(t):
             w = _smoothstep(1 - (t[b] - tg) / half)[:, None]
             pos[gap] += (pos[b] - idle[b]) * w
+            low, high = np.minimum(low, pos[b]), np.maximum(high, pos[b])
+        pos[gap] = np.clip(pos[gap], low, high)  # inside the frame, or no further out than the instance's ends
     return pos
 
 
@@ -241,15 +245,15 @@ def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
 
 
 def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, float, str]]:
-    """1-3 non-overlapping (start, end, label) in seconds, on frame times, at least ``_MIN_GAP_S`` apart (less in
-    very short videos) so that consecutive instances of one class stay separable."""
+    """1-3 non-overlapping (start, end, label) in seconds, on frame times, at least ``_MIN_GAP_S`` apart (5% of the
+    video if that is less) so that consecutive instances of one class stay separable."""
     n = int(rng.integers(cfg.instances[0], cfg.instances[1] + 1))
+    min_gap = min(_MIN_GAP_S, 0.05 * duration)
     while True:
         frac = rng.uniform(*cfg.instance_fraction, n)
-        if frac.sum() <= 0.9:
+        if frac.sum() + (n - 1) * min_gap / duration <= 0.9:
             break
     free = (1 - frac.sum()) * duration
-    min_gap = min(_MIN_GAP_S, free / (2 * max(1, n - 1)))
     gaps = rng.dirichlet(np.ones(n + 1)) * (free - (n - 1) * min_gap) + np.r_[0, np.full(n - 1, min_gap), 0]
     labels = rng.choice(cfg.classes, n)
     out, t = [], 0.0
