@@ -264,3 +264,54 @@ def test_resume_after_killed_run(synthetic, tmp_path, monkeypatch):
     bigger = make_shards(synthetic["videos"], synthetic["annotations"], out, **{**kwargs, "shard_size": 4})
     check_manifest(out, bigger)
     assert sorted(p.name for p in out.glob("*.tar")) == ["training-000000.tar", "validation-000000.tar"]
+
+
+def write_levels(path, times, rate):
+    """A video whose frame i is flat grey level 8 * i (i < 30), shown from ``times[i]`` seconds."""
+    import fractions
+
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.time_base = s.codec_context.time_base = ms = fractions.Fraction(1, 1000)  # ms timestamps
+        s.options = {"crf": "0", "bf": "0"}
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), ms
+            c.mux(s.encode(frame))
+        c.mux(s.encode())
+
+
+def levels(data):
+    with av.open(io.BytesIO(data)) as c:
+        return [round(f.to_ndarray(format="gray").mean() / 8) for f in c.decode(video=0)]
+
+
+@pytest.mark.parametrize("times", [
+    [i / 10 for i in range(30)],  # 10 fps → 15 fps: frames repeat
+    [i / 24 for i in range(30)],  # 24 fps → 15 fps: frames dropped
+    [round(sum((0.02, 0.05, 0.1, 0.033)[j % 4] for j in range(i)), 3) for i in range(30)],  # variable frame rate
+])
+def test_constant_frame_rate_conversion(tmp_path, times):
+    rate = 10 if times[1] == 0.1 else 24
+    write_levels(tmp_path / "v.mp4", times, rate)
+    data, meta = packing.transcode(tmp_path / "v.mp4", packing.Encoding(short_side=48, copy=False))
+    span = times[-1] - times[0]  # plus the last frame's duration, 1 / (the stream's average frame rate)
+    assert span < meta["orig_duration"] <= span + 0.1 and meta["num_frames"] == round(meta["orig_duration"] * 15)
+    if times[1] in (0.1, 1 / 24):
+        assert meta["orig_duration"] == pytest.approx(span + 1 / rate, abs=1e-3) and meta["orig_fps"] == \
+            pytest.approx(rate, rel=1e-3)
+    shown = levels(data)
+    times = [round(t * 1000) / 1000 for t in times]  # as stored (ms time base)
+    rel = [t - times[0] for t in times]
+    # output frame k shows the latest source frame at or before (k + 0.5) / 15 s
+    expected = [max(i for i, t in enumerate(rel) if t <= (k + 0.5) / 15 + 1e-6) for k in range(meta["num_frames"])]
+    assert shown == expected
+
+    clip_data, clip_meta = packing.transcode(tmp_path / "v.mp4", packing.Encoding(short_side=48), clip=(0.5, 1.0))
+    assert clip_meta["orig_duration"] == pytest.approx(0.5, abs=0.05)
+    assert clip_meta["num_frames"] == round(clip_meta["orig_duration"] * 15)
+    assert levels(clip_data) == [max(i for i, t in enumerate(times) if t <= 0.5 + (k + 0.5) / 15 + 1e-6 and t < 1.0)
+                                 for k in range(clip_meta["num_frames"])]  # [start, end): the frame at 1.0 is out

@@ -281,13 +281,14 @@ def _index_videos(video_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     """Stem → path for the video files in ``video_dir`` (a ``v_`` prefix is also indexed without it)."""
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video directory {video_dir} does not exist")
-    index = {}
+    exact = {}
     for path in sorted(video_dir.iterdir()):
         if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
-            index.setdefault(path.stem, path)
-            if path.stem.startswith("v_"):
-                index.setdefault(path.stem[2:], path)
-    return index
+            if path.stem in exact:
+                log.warning("%s: both %s and %s; using the first", video_dir, exact[path.stem].name, path.name)
+            exact.setdefault(path.stem, path)
+    stripped = {stem[2:]: path for stem, path in exact.items() if stem.startswith("v_")}
+    return {**stripped, **exact}  # an exact name wins over a v_-stripped one
 
 
 def _source(record: VideoRecord, index: dict) -> tuple[pathlib.Path | None, tuple | None]:
@@ -473,9 +474,33 @@ def _remove_leftovers(out_dir: pathlib.Path, shards: dict) -> None:
             path.unlink()
 
 
-def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refresh) -> None:
-    import tqdm
+def _write_shard(tmp: pathlib.Path, items, results, ann: Annotations, bar) -> dict:
+    """Write the samples of ``items`` [(record, path, clip)] to the tar ``tmp``, taking transcoded videos from
+    ``results`` in order; returns the shard's manifest entry (without its sha256)."""
     import webdataset as wds
+
+    entry = {"num_samples": 0, "sha256": None, "keys": [], "planned": [r.id for r, _, _ in items], "skipped": [],
+             "warnings": []}
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
+        for record, path, _ in items:
+            _, data, meta = next(results)
+            bar.update()
+            if data is None:
+                log.warning("skipping %s (%s): %s", record.id, path, meta)
+                entry["skipped"].append({"video": record.id, "subset": record.subset, "reason": meta})
+                continue
+            info, messages = sample_json(record, meta, ann, path.name)
+            entry["warnings"] += [{"video": record.id, "message": m} for m in messages]
+            key = sample_key(record.id)
+            sink.write({"__key__": key, "mp4": data, "json": info})
+            entry["keys"].append(key)
+    entry["num_samples"] = len(entry["keys"])
+    return entry
+
+
+def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refresh) -> None:
+    """Transcode the videos of the ``pending`` shards (in a pool of ``workers``) and write the shards in order."""
+    import tqdm
 
     tasks = [(i, path, clip, enc) for i, (_, path, clip) in enumerate(
         item for name in pending for item in shards[name])]
@@ -488,27 +513,16 @@ def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refres
     try:
         for name in pending:
             tmp = out_dir / (name + _TMP + str(os.getpid()))
-            entry = {"num_samples": 0, "sha256": None, "keys": [], "planned": [r.id for r, _, _ in shards[name]],
-                     "skipped": [], "warnings": []}
-            with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
-                for record, path, _ in shards[name]:
-                    _, data, meta = next(results)
-                    bar.update()
-                    if data is None:
-                        log.warning("skipping %s (%s): %s", record.id, path, meta)
-                        entry["skipped"].append({"video": record.id, "subset": record.subset, "reason": meta})
-                        continue
-                    info, messages = sample_json(record, meta, ann, path.name)
-                    entry["warnings"] += [{"video": record.id, "message": m} for m in messages]
-                    key = sample_key(record.id)
-                    sink.write({"__key__": key, "mp4": data, "json": info})
-                    entry["keys"].append(key)
-            entry["num_samples"] = len(entry["keys"])
-            if entry["num_samples"]:
-                entry["sha256"] = sha256_file(tmp)
-                os.replace(tmp, out_dir / name)
-            else:  # an empty tar would trip webdataset's empty-shard check; the manifest lists it as empty
-                tmp.unlink()
+            try:
+                entry = _write_shard(tmp, shards[name], results, ann, bar)
+                if entry["num_samples"]:
+                    entry["sha256"] = sha256_file(tmp)
+                    os.replace(tmp, out_dir / name)
+                else:  # an empty tar would trip webdataset's empty-shard check; the manifest lists it as empty
+                    tmp.unlink()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             entries[name] = entry
             refresh()
     finally:
