@@ -469,7 +469,7 @@ def _remove_leftovers(out_dir: pathlib.Path, shards: dict) -> None:
     """Delete temporary files of killed runs and shards outside the current plan."""
     for path in out_dir.iterdir():
         stale_shard = _SHARD_RE.match(path.name) and path.name not in shards
-        if _TMP in path.name or stale_shard:
+        if path.is_file() and (_TMP in path.name or stale_shard):
             log.info("%s: removing %s", out_dir, "leftover " + path.name if not stale_shard else "stale " + path.name)
             path.unlink()
 

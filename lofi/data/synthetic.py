@@ -117,7 +117,9 @@ class SyntheticConfig:
 
     @property
     def classes(self) -> list[str]:
-        return list(CLASSES)[:self.num_classes]
+        """The first ``num_classes`` of :data:`CLASSES`, sorted by name: the label_id order of both the TAL
+        annotations (their ``"classes"`` list) and the clip list (sorted labels), so the two agree by default."""
+        return sorted(list(CLASSES)[:self.num_classes])
 
 
 PRESETS = {
