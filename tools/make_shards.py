@@ -25,7 +25,8 @@ def parse_args(argv=None):
                    help="activitynet (also HACS), thumos (THUMOS14-style JSON) or clips (Kinetics-style CSV/JSON)")
     p.add_argument("--subsets", nargs="+", default=None, help="subsets to pack (default: all in the file)")
     p.add_argument("--fps", type=float, default=15.0, help="output frame rate (default 15)")
-    p.add_argument("--short-side", type=int, default=256, help="output short side in px, even; 0 keeps it (default 256)")
+    p.add_argument("--short-side", type=int, default=256,
+                   help="output short side in px, even; 0 keeps it (default 256)")
     p.add_argument("--codec", default="h264", choices=sorted(CODECS), help="output codec (default h264)")
     p.add_argument("--gop-seconds", type=float, default=1.0, help="keyframe interval in seconds (default 1)")
     p.add_argument("--quality", type=int, default=None, help="crf (h264/vp9) or JPEG qscale (mjpeg)")

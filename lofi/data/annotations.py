@@ -7,13 +7,14 @@ Three input formats are read:
   a top-level ``"classes"`` list that fixes the class index (the synthetic benchmark writes one).
   Ids are kept verbatim (the files use YouTube ids without a ``v_`` prefix; a few real ids begin with ``v_``).
 * ``"thumos"``: THUMOS14-style JSON (the layout ActionFormer/OpenTAD ship): the same ``database`` layout, where the
-  subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the class
-  index), a segment may be given only in frames as ``"segment(frames)"`` (converted with the video's ``"fps"``), and
-  ``"Ambiguous"`` segments are dropped (THUMOS evaluation ignores them).
+  subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the
+  class index), a segment may be given only in frames as ``"segment(frames)"`` (converted with the video's ``"fps"``),
+  and ``"Ambiguous"`` segments are dropped (THUMOS evaluation ignores them).
 * ``"clips"``: a Kinetics-style clip list, CSV with a header or JSON (a list of objects, or ``{"clips": [...]}``), with
-  the fields ``video, start, end, label, split`` (Kinetics' own names ``youtube_id, time_start, time_end`` are accepted).
-  ``start``/``end`` (seconds) may be empty: the clip is then the whole file. Splits ``train``/``val``/``test`` become
-  ``training``/``validation``/``testing``.
+  the fields ``video, start, end, label, split`` (Kinetics' own names ``youtube_id, time_start, time_end`` are
+  accepted). ``start``/``end`` (seconds) may be empty: the clip is then the whole file. Splits
+  ``train``/``val``/``test`` become ``training``/``validation``/``testing``. A clip's id is ``VIDEO_SSSSSS_EEEEEE``
+  (Kinetics' file naming; an existing file of that name is used whole), or ``VIDEO`` for a whole file.
 
 Every format becomes a list of :class:`VideoRecord`; times are seconds. Malformed input raises
 :class:`AnnotationError` naming the file, the video id and the field.
@@ -68,7 +69,7 @@ class VideoRecord:
 
 @dataclasses.dataclass
 class Annotations:
-    """A parsed annotation file: ``records`` and ``classes`` (names in label_id order); ``label_ids`` maps name → id."""
+    """A parsed annotation file: ``records``, ``classes`` (names in label_id order), ``label_ids`` (name → id)."""
     records: list[VideoRecord]
     classes: list[str]
     label_ids: dict[str, int] = dataclasses.field(init=False, repr=False)
@@ -219,7 +220,8 @@ def _load_clips(path: pathlib.Path) -> Annotations:
         if get["start"] is not None:
             start, end = (_clip_time(get[k], f"{where}: field '{k}'") for k in ("start", "end"))
             if start < 0 or end <= start:
-                raise AnnotationError(f"{where}: fields 'start'/'end' must satisfy 0 <= start < end, got {start}, {end}")
+                raise AnnotationError(f"{where}: fields 'start'/'end' must satisfy 0 <= start < end, "
+                                      f"got {start}, {end}")
             clip = (start, end)
         cid = video if clip is None else f"{video}_{int(clip[0]):06d}_{int(clip[1]):06d}"
         if cid in seen:

@@ -41,14 +41,16 @@ VERSION = 1
 # name: (PyAV encoder, pixel format, encoder options)
 CODECS = {
     "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "{crf}", "bf": "0"}),
-    "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "{crf}", "b": "0", "row-mt": "1"}),
+    "vp9": ("libvpx-vp9", "yuv420p",
+            {"deadline": "realtime", "cpu-used": "8", "crf": "{crf}", "b": "0", "row-mt": "1"}),
     "mjpeg": ("mjpeg", "yuvj420p", {"qmin": "{crf}", "qmax": "{crf}"}),
 }
 DECODERS = {"h264": "h264", "vp9": "vp9", "mjpeg": "mjpeg"}  # decoder that reads each codec's stream
 DEFAULT_QUALITY = {"h264": 23, "vp9": 32, "mjpeg": 3}  # crf for h264/vp9, JPEG qscale for mjpeg
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 _TMP = ".tmp-"
-_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.]+)-(?P<index>\d{6})\.tar$")
+_SUBSET_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.-]+)-(?P<index>\d{6})\.tar$")
 
 
 class VideoError(RuntimeError):
@@ -133,12 +135,14 @@ def _copy_conforming(src, inp, ist, enc: Encoding) -> tuple[bytes, dict] | None:
             and ist.average_rate == rate and (ctx.width, ctx.height) == enc.size(ctx.width, ctx.height)
             and not ctx.has_b_frames):
         return None
-    gop, since_key, n = max(1, round(enc.gop_seconds * enc.fps)), 0, 0
-    for n, frame in enumerate(_decoded(inp, ist)):
+    gop, since_key, num_frames = max(1, round(enc.gop_seconds * enc.fps)), 0, 0
+    for frame in _decoded(inp, ist):
         since_key = 0 if frame.key_frame else since_key + 1
-        if since_key >= gop or frame.time is None or abs(frame.time - n / enc.fps) > 0.25 / enc.fps:
+        if since_key >= gop or frame.time is None or abs(frame.time - num_frames / enc.fps) > 0.25 / enc.fps:
             return None
-    num_frames = n + 1
+        num_frames += 1
+    if not num_frames:
+        raise VideoError("no decodable frames")
     _check_length(inp, ist, num_frames / enc.fps, None)
     meta = {"fps": float(enc.fps), "num_frames": num_frames, "duration": num_frames / enc.fps, "width": ctx.width,
             "height": ctx.height, "orig_fps": float(rate), "orig_duration": num_frames / enc.fps}
@@ -341,14 +345,14 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     """Transcode the annotated videos of ``video_dir`` and pack them into WebDataset shards in ``out_dir``.
 
     ``fmt``: annotation format (``lofi.data.annotations.FORMATS``); ``subsets``: the subsets to pack (default all);
-    ``fps``, ``short_side`` (px), ``codec``, ``gop_seconds``, ``quality``, ``copy``: see :class:`Encoding`; ``shard_size``:
-    samples per shard; ``workers``: transcoding processes (default: all CPUs); ``classes``: a fixed class list (label_id
-    order, see :func:`lofi.data.annotations.load_annotations`). Corrupt videos and videos missing from
-    ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is raised at the end
-    if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file: {num_samples, sha256,
-    keys, planned, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped: [{video, subset,
-    reason}], warnings: [{video, message}], empty_shards (shards whose every video was skipped: no file), settings,
-    complete}``.
+    ``fps``, ``short_side`` (px), ``codec``, ``gop_seconds``, ``quality``, ``copy``: see :class:`Encoding`;
+    ``shard_size``: samples per shard; ``workers``: transcoding processes (default: all CPUs); ``classes``: a fixed
+    class list (label_id order, see :func:`lofi.data.annotations.load_annotations`). Corrupt videos and videos
+    missing from ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is
+    raised at the end if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file:
+    {num_samples, sha256, keys, planned, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped:
+    [{video, subset, reason}], warnings: [{video, message}], empty_shards (shards whose every video was skipped: no
+    file), settings, complete}``.
     """
     video_dir, out_dir = pathlib.Path(video_dir), pathlib.Path(out_dir)
     if shard_size < 1:
@@ -369,6 +373,9 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
         records = [r for r in records if r.subset in subsets]
     if not records:
         raise ValueError(f"{annotation_file} holds no videos to pack")
+    bad = sorted({r.subset for r in records if not _SUBSET_RE.match(r.subset)})
+    if bad:
+        raise ValueError(f"{annotation_file}: subset names {bad} cannot name shard files (use [A-Za-z0-9_.-])")
     _check_keys(records)
 
     index = _index_videos(video_dir)

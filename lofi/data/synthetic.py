@@ -244,7 +244,8 @@ def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
     short = min(cfg.size)
     return {"colour": d["colours"][rng.integers(len(d["colours"]))] * rng.uniform(0.85, 1.0),
             "half": short * rng.uniform(*d["half_size"]), "speed": rng.uniform(*d["speed"]),
-            "background": d["background"], "n_distractors": int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))}
+            "background": d["background"],
+            "n_distractors": int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))}
 
 
 def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, float, str]]:
