@@ -1,5 +1,6 @@
 """lofi.data.packing.make_shards and tools/make_shards.py: round trips, metadata, resume, bad input."""
 import io
+import os
 import json
 import pathlib
 import shutil
@@ -315,3 +316,13 @@ def test_constant_frame_rate_conversion(tmp_path, times):
     assert clip_meta["num_frames"] == round(clip_meta["orig_duration"] * 15)
     assert levels(clip_data) == [max(i for i, t in enumerate(times) if t <= 0.5 + (k + 0.5) / 15 + 1e-6 and t < 1.0)
                                  for k in range(clip_meta["num_frames"])]  # [start, end): the frame at 1.0 is out
+
+
+def test_a_dying_worker_fails_the_run_instead_of_hanging():
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool):
+        with packing.ordered_map(os._exit, [3, 3], workers=2) as results:  # the worker process exits mid-task
+            list(results)
+    with packing.ordered_map(abs, [-3, 2, -1], workers=2) as results:
+        assert list(results) == [3, 2, 1]

@@ -21,6 +21,7 @@ everything else is rebuilt. One run at a time per output directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -30,6 +31,7 @@ import multiprocessing
 import os
 import pathlib
 import re
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
 from .annotations import Annotations, VideoRecord, clip_segments, load_annotations
@@ -269,6 +271,23 @@ def _check_length(inp, ist, decoded: float, clip) -> None:
     declared = float(ist.duration * ist.time_base) if ist.duration else (inp.duration / 1e6 if inp.duration else None)
     if declared and decoded < 0.9 * declared - 0.5:
         raise VideoError(f"truncated: decoded {decoded:.2f} s of the declared {declared:.2f} s")
+
+
+@contextlib.contextmanager
+def ordered_map(fn, tasks: list, workers: int, chunksize: int = 1):
+    """``map(fn, tasks)`` in ``min(workers, len(tasks))`` spawned processes (in this one if 1), results in task
+    order. A worker that dies (e.g. a decoder crash) raises ``BrokenProcessPool`` instead of hanging the run."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield map(fn, tasks)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool.map(fn, tasks, chunksize=chunksize)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _transcode_task(task):
@@ -513,11 +532,8 @@ def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refres
         item for name in pending for item in shards[name])]
     if not tasks:
         return
-    workers = min(workers, len(tasks))
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = pool.imap(_transcode_task, tasks) if pool else map(_transcode_task, tasks)
     bar = tqdm.tqdm(total=len(tasks), desc=f"packing {out_dir.name}", unit="video", disable=not progress)
-    try:
+    with ordered_map(_transcode_task, tasks, workers) as results, bar:
         for name in pending:
             tmp = out_dir / (name + _TMP + str(os.getpid()))
             try:
@@ -532,8 +548,3 @@ def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refres
                 raise
             entries[name] = entry
             refresh()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()

@@ -44,12 +44,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
-import multiprocessing
 import os
 import pathlib
 
 import numpy as np
+
+from .packing import Encoding, VideoWriter, ordered_map
 
 # name: (pattern kind, frequency in Hz (travel: speed in short sides per second), amplitude in short sides)
 CLASSES = {
@@ -364,8 +364,6 @@ def render(spec: dict, cfg: SyntheticConfig):
 
 
 def _write_video(spec: dict, cfg: SyntheticConfig, path: pathlib.Path) -> None:
-    from .packing import Encoding, VideoWriter
-
     writer = VideoWriter(Encoding(fps=cfg.fps, short_side=0, quality=cfg.quality, threads=1),
                          (cfg.size[1], cfg.size[0]))
     try:
@@ -414,21 +412,14 @@ def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: 
     paths["clips"].mkdir(parents=True, exist_ok=True)
     tasks = [(_video_task, (cfg, i, paths["videos"])) for i in range(cfg.num_videos)]
     tasks += [(_clip_task, (cfg, i, paths["clips"])) for i in range(cfg.num_clips)]
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = pool.imap(_run, tasks, chunksize=4) if pool else map(_run, tasks)
     database, clips = {}, []
-    try:
+    with ordered_map(_run, tasks, workers or os.cpu_count() or 1, chunksize=4) as results:
         for i, result in enumerate(tqdm.tqdm(results, total=len(tasks), desc="synthetic", unit="video",
                                              disable=not progress)):
             if i < cfg.num_videos:
                 database[result[0]] = result[1]
             else:
                 clips.append(result)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     meta = {"version": "lofi-synthetic-1", "config": dataclasses.asdict(cfg), "classes": cfg.classes,
             "database": database}
     tmp = paths["annotations"].with_name("annotations.json.tmp")
