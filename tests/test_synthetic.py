@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import webdataset as wds
 import pytest
 
 from lofi.data import synthetic as S
@@ -31,6 +32,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, seed):
     clips = load_annotations(one["clip_list"], "clips")
     classes = dataclasses.replace(S.PRESETS["demo"], **TINY).classes
     assert [r.label for r in clips.records] == classes and clips.classes == ann.classes == classes
+    assert [(r.id, r.clip) for r in clips.records] == [(f"clip_{i:05d}", None) for i in range(4)]
 
 
 def instance_stats(cfg, n):
@@ -196,3 +198,10 @@ def test_cli_generates_and_packs(tmp_path):
     assert {k: v["num_samples"] for k, v in tal["splits"].items()} == {"training": 3, "validation": 1}
     assert sum(v["num_samples"] for v in clips["splits"].values()) == 6 and clips["classes"] == tal["classes"]
     assert tal["short_side"] == 32 and not tal["skipped"] and not clips["skipped"]
+    for tar in sorted((tmp_path / "shards" / "syn-clips").glob("*.tar")):
+        for sample in wds.WebDataset(str(tar), shardshuffle=False):
+            info = json.loads(sample["json"])
+            assert clips["classes"][info["label_id"]] == info["label"] and info["clip"] is None
+            assert info["annotations"] == [{"segment": [0.0, info["duration"]], "label": info["label"],
+                                            "label_id": info["label_id"]}]
+            assert sample["mp4"] == (out / "clips" / f"{info['id']}.mp4").read_bytes()  # conforming: copied

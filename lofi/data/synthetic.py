@@ -36,7 +36,7 @@ straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
 
 Outputs of :func:`make_synthetic` (in ``out_dir``): ``videos/ID.mp4`` + ``annotations.json`` (ActivityNet format,
 ``training``/``validation`` subsets) and ``clips/ID.mp4`` + ``clips.csv`` (Kinetics-style clip list:
-``video,start,end,label,split``), ready for :func:`lofi.data.packing.make_shards` with ``fmt="activitynet"`` and
+``video,start,end,label,split``, start/end empty: each file is one trimmed clip), ready for :func:`lofi.data.packing.make_shards` with ``fmt="activitynet"`` and
 ``fmt="clips"``.
 """
 from __future__ import annotations
@@ -391,8 +391,8 @@ def _clip_task(args):
     cfg, index, folder = args
     spec = clip_spec(cfg, index)
     _write_video(spec, cfg, pathlib.Path(folder) / f"{spec['id']}.mp4")
-    return {"video": spec["id"], "start": 0.0, "end": spec["num_frames"] / cfg.fps, "label": spec["label"],
-            "split": spec["split"]}
+    # empty start/end: the clip is the whole (already trimmed) file, whose id is then the file's name
+    return {"video": spec["id"], "start": "", "end": "", "label": spec["label"], "split": spec["split"]}
 
 
 def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: int | None = None,
