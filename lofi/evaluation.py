@@ -18,9 +18,10 @@ Proposals (AN:Evaluation/eval_proposal.py): average recall over the tIoU thresho
 proposals per video (AN), at the 100 points ``max_avg_nr_proposals * k / 100``, and the area under that curve
 normalized by its last AN (the official script prints it in percent). Times are seconds; every result is a fraction.
 
-The algorithm's only sequential part, the GT locks, is solved in rounds over all (video, class, threshold) groups at
-once: each round drops the predictions whose valid GTs are all locked (false positives) and lets the first remaining
-prediction of each group lock its first free GT, so a group with n GTs needs at most n + 1 rounds.
+Speed: the (prediction, GT) pairs that can match (tIoU > 0 or NaN) are built for all classes at once (every pair of
+a small (class, video) group, an interval join in larger ones), and the algorithm's only sequential part, the GT locks,
+is solved for all (class, video, threshold) groups together in a few vectorized rounds (``_greedy_lock``).
+Segments with non-finite times are rejected; segments with end < start are evaluated as given, with a warning.
 """
 import json
 import os
@@ -117,7 +118,7 @@ def load_ground_truth(gt: Source, subset: str = "validation", blocked: Iterable[
         raise ValueError(f"{name}: subset {subset!r} has no annotated videos")
     result = GroundTruth(list(classes), videos, np.array(video, np.int64), np.array(label, np.int64),
                          np.array(segment, np.float64).reshape(-1, 2))
-    _warn_inverted(result.segment, lambda i: videos[result.video[i]], name)
+    _check_segments(result.segment, lambda i: videos[result.video[i]], name)
     return result
 
 
@@ -172,7 +173,7 @@ def load_predictions(pred: Source, gt: GroundTruth, blocked: Iterable[str] = (),
     index = {v: i for i, v in enumerate(gt.videos)}
     video = np.repeat(np.array([index.get(v, -1) for v in vids], np.int64), counts)
     owner = np.repeat(np.arange(len(vids)), counts)
-    _warn_inverted(segment, lambda i: vids[owner[i]], name)
+    _check_segments(segment, lambda i: vids[owner[i]], name)
     outside = [v for v in vids if v not in index]
     if outside:
         warnings.warn(f"{name}: {len(outside)} of {len(vids)} predicted videos are not in the GT subset (their "
@@ -219,8 +220,14 @@ def _diagnose(results: dict, name: str, blocked, labels: bool) -> None:
             _segment(d, where)
 
 
-def _warn_inverted(segment: np.ndarray, video_of, name: str) -> None:
-    """Warns with the count and examples (video_of(i) names row i's video) of segments whose end < start."""
+def _check_segments(segment: np.ndarray, video_of, name: str) -> None:
+    """Rejects non-finite times; warns with the count and examples of segments whose end < start (evaluated as given,
+    like the official code). ``video_of(i)`` names row i's video."""
+    finite = np.isfinite(segment).all(axis=1)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"{name}: video {video_of(i)!r}: field 'segment' {segment[i].tolist()} is not finite "
+                         f"({int((~finite).sum())} such segments)")
     bad = np.flatnonzero(segment[:, 1] < segment[:, 0])
     if len(bad):
         examples = [(video_of(i), segment[i].tolist()) for i in bad[:3]]
@@ -259,11 +266,13 @@ def _rank_by_class(pred: Predictions, num_classes: int) -> (np.ndarray, np.ndarr
     return order, class_start
 
 
+_DENSE_GROUP = 16  # (class, video) groups with at most this many GTs pair each prediction with all of them
+
+
 def _match(pred_video, pred_label, pred_segment, gt: GroundTruth, thr: np.ndarray, nan_iou_as_zero: bool) -> np.ndarray:
     """True positives (T, P) of predictions given in rank order (class by class, best first)."""
-    num_thr, num_pred = len(thr), len(pred_video)
-    tp = np.zeros((num_thr, num_pred), bool)
-    # GT groups (class, video), GTs of a group in file order.
+    num_pred, num_thr = len(pred_video), len(thr)
+    # GT groups (class, video), each group's GTs in file order.
     num_videos = len(gt.videos)
     gt_key = gt.label * num_videos + gt.video
     gt_order = np.argsort(gt_key, kind="stable")
@@ -272,64 +281,118 @@ def _match(pred_video, pred_label, pred_segment, gt: GroundTruth, thr: np.ndarra
     pred_key = pred_label * num_videos + pred_video
     group = np.searchsorted(group_keys, pred_key).clip(max=len(group_keys) - 1)
     has_gt = (pred_video >= 0) & (group_keys[group] == pred_key)
-    width = np.zeros(num_pred, np.int64)  # GT columns of a prediction's bucket: its group size rounded up to 2^k
-    width[has_gt] = 1 << np.ceil(np.log2(group_size[group[has_gt]])).astype(np.int64)
-    for w in np.unique(width[has_gt]):
-        members = np.flatnonzero(width == w)  # positions in rank order
-        members = members[np.argsort(group[members], kind="stable")]  # by group, rank order inside
-        _match_bucket(members, group[members], group_start, group_size, gt_segment, pred_segment, int(w), thr,
-                      nan_iou_as_zero, tp)
-    return tp
-
-
-def _match_bucket(members, group, group_start, group_size, gt_segment, pred_segment, width, thr, nan_iou_as_zero, tp):
-    """Greedy GT locking for predictions (sorted by group, then rank) whose group has at most ``width`` GTs."""
-    cols = np.arange(width)
-    real = cols < group_size[group][:, None]  # (M, width): column is a GT of the group, not padding
-    gt_idx = np.where(real, group_start[group][:, None] + cols, 0)
-    iou = segment_iou(pred_segment[members][:, None, :], gt_segment[gt_idx])
+    groups = _Groups(group, group_start, group_size, gt_segment, pred_segment)
+    pred, gt_idx = groups.candidate_pairs(np.flatnonzero(has_gt), all_pairs=thr.min() <= 0)
+    iou = segment_iou(pred_segment[pred], gt_segment[gt_idx])
     if nan_iou_as_zero:
         iou[np.isnan(iou)] = 0.0
-    iou[~real] = -np.inf  # padding: below every (finite) threshold, last in descending order
-    if width == 1:
-        pref = np.zeros((len(members), 1), np.int64)
-    else:
-        pref = np.argsort(iou, axis=1)[:, ::-1]  # GT columns in descending tIoU
-        _official_tie_order(iou, pref, group_size[group], thr.min())
-    iou_pref = np.take_along_axis(iou, pref, axis=1)
-    valid = ~(iou_pref[:, None, :] < thr[None, :, None])  # (M, T, width); NaN counts as valid, as in the official code
-    # Entries (prediction, threshold) with at least one valid GT, ordered by threshold, group, rank.
-    t_e, m_e = np.nonzero(valid.any(axis=2).T)
-    _, local_group = np.unique(group, return_inverse=True)
-    num_groups = int(local_group.max()) + 1 if len(group) else 0
-    vgroup = t_e * num_groups + local_group[m_e]
-    valid_e, pref_e = valid[m_e, t_e], pref[m_e]
-    locked = np.zeros((len(thr) * num_groups, width), bool)
-    while len(vgroup):
-        avail = valid_e & ~locked[vgroup[:, None], pref_e]
-        keep = avail.any(axis=1)  # a prediction whose valid GTs are all locked is a false positive for good
-        if not keep.all():
-            vgroup, t_e, m_e, valid_e, pref_e, avail = (a[keep] for a in (vgroup, t_e, m_e, valid_e, pref_e, avail))
-            if not len(vgroup):
-                break
-        first = np.ones(len(vgroup), bool)
-        first[1:] = vgroup[1:] != vgroup[:-1]
-        lead = np.flatnonzero(first)  # the first remaining prediction of each group takes its first free valid GT
-        locked[vgroup[lead], pref_e[lead, avail[lead].argmax(axis=1)]] = True
-        tp[t_e[lead], members[m_e[lead]]] = True
-        rest = ~first
-        vgroup, t_e, m_e, valid_e, pref_e = (a[rest] for a in (vgroup, t_e, m_e, valid_e, pref_e))
+    valid = ~(iou < thr.min())  # NaN is valid: the official loop only stops at tIoU < threshold
+    pred, gt_idx, iou = pred[valid], gt_idx[valid], iou[valid]
+    # Each prediction's valid GTs in the official visiting order: descending tIoU, NaN first.
+    desc = np.where(np.isnan(iou), -np.inf, -iou)
+    order = np.lexsort((desc, pred))
+    pred, gt_idx, iou, desc = pred[order], gt_idx[order], iou[order], desc[order]
+    groups.official_tie_order(pred, gt_idx, iou, desc, nan_iou_as_zero)
+    # Per threshold the valid GTs are a prefix of that order; lock them in rank order.
+    entry = np.concatenate([pred[~(iou < t)] + k * num_pred for k, t in enumerate(thr)])
+    key = np.concatenate([gt_idx[~(iou < t)] + k * len(gt_segment) for k, t in enumerate(thr)])
+    tp = np.zeros(num_thr * num_pred, bool)
+    tp[_greedy_lock(entry, key, num_thr * len(gt_segment))] = True
+    return tp.reshape(num_thr, num_pred)
 
 
-def _official_tie_order(iou, pref, size, min_thr):
-    """Where a row has equal tIoUs among its valid GTs, order it as the official code does: ``argsort`` of the
-    unpadded row, reversed (a 2-D argsort need not break ties like the official 1-D call)."""
-    s = np.take_along_axis(iou, pref, axis=1)
-    valid = ~(s < min_thr)
-    same = (s[:, 1:] == s[:, :-1]) | (np.isnan(s[:, 1:]) & np.isnan(s[:, :-1]))
-    for r in np.flatnonzero((valid[:, 1:] & valid[:, :-1] & same).any(axis=1)):
-        n = size[r]
-        pref[r, :n] = iou[r, :n].argsort()[::-1]
+def _greedy_lock(entry: np.ndarray, key: np.ndarray, num_keys: int) -> np.ndarray:
+    """The entries that take a key when, in ascending entry order, each entry takes its first key not taken before.
+
+    ``(entry, key)`` pairs are sorted by entry and list each entry's keys in its order of preference. Solved in rounds:
+    pairs on taken keys are dropped (an entry left without keys takes none), and every entry whose first free key is
+    held by no earlier entry takes it, since nothing before it can take that key any more. The first entry of every
+    key-sharing set wins each round, so rounds are few unless long chains of shared keys exist.
+    """
+    won = []
+    locked = np.zeros(num_keys, bool)
+    holder = np.full(num_keys, np.iinfo(np.int64).max)
+    while len(entry):
+        free = ~locked[key]
+        entry, key = entry[free], key[free]
+        if not len(entry):
+            break
+        first = np.ones(len(entry), bool)
+        np.not_equal(entry[1:], entry[:-1], out=first[1:])
+        np.minimum.at(holder, key, entry)
+        wins = first & (holder[key] == entry)
+        holder[key] = np.iinfo(np.int64).max
+        locked[key[wins]] = True
+        won.append(entry[wins])
+        keep = ~wins[first][np.cumsum(first) - 1]
+        entry, key = entry[keep], key[keep]
+    return np.concatenate(won) if won else np.zeros(0, np.int64)
+
+
+def _expand(owner: np.ndarray, start: np.ndarray, count: np.ndarray) -> (np.ndarray, np.ndarray):
+    """(owner repeated count times, start + 0..count-1 for each owner)."""
+    count = np.maximum(count, 0)
+    offset = np.repeat(start - (np.cumsum(count) - count), count)
+    return np.repeat(owner, count), offset + np.arange(int(count.sum()))
+
+
+@dataclass
+class _Groups:
+    """Predictions (rows of ``pred_segment``) against the GTs of their (class, video) group (rows of ``gt_segment``,
+    group g at group_start[g]:group_start[g] + group_size[g], file order)."""
+    group: np.ndarray
+    group_start: np.ndarray
+    group_size: np.ndarray
+    gt_segment: np.ndarray
+    pred_segment: np.ndarray
+
+    def candidate_pairs(self, preds: np.ndarray, all_pairs: bool) -> (np.ndarray, np.ndarray):
+        """(prediction, GT) pairs that include every pair with tIoU > 0 or NaN (or every pair with ``all_pairs``)."""
+        size = self.group_size[self.group[preds]]
+        dense = preds if all_pairs else preds[size <= _DENSE_GROUP]
+        parts = [_expand(dense, self.group_start[self.group[dense]], self.group_size[self.group[dense]])]
+        if not all_pairs:
+            big = preds[size > _DENSE_GROUP]
+            big = big[np.argsort(self.group[big], kind="stable")]
+            bounds = np.flatnonzero(np.diff(self.group[big], prepend=-1, append=-1))
+            parts += [self._join(big[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
+
+    def _join(self, preds: np.ndarray) -> (np.ndarray, np.ndarray):
+        """Pairs of one large group: overlapping proper segments, and the pairs whose lengths sum to 0 (0/0)."""
+        g = self.group[preds[0]]
+        start, size = self.group_start[g], self.group_size[g]
+        gs, ge = self.gt_segment[start:start + size].T
+        ps, pe = self.pred_segment[preds].T
+        gt_len, pred_len = ge - gs, pe - ps
+        proper = np.flatnonzero(gt_len > 0)
+        by_start = proper[np.argsort(gs[proper], kind="stable")]
+        reach = np.maximum.accumulate(ge[by_start])  # GTs before the first with reach > ps end by ps
+        lo = np.searchsorted(reach, ps, side="right")
+        hi = np.searchsorted(gs[by_start], pe, side="left")  # GTs from hi on start at or after pe
+        hi[pred_len <= 0] = lo[pred_len <= 0]
+        p1, j1 = _expand(preds, lo, hi - lo)
+        by_len = np.argsort(gt_len, kind="stable")
+        lo = np.searchsorted(gt_len[by_len], -pred_len, side="left")
+        hi = np.searchsorted(gt_len[by_len], -pred_len, side="right")
+        p2, j2 = _expand(preds, lo, hi - lo)
+        return np.concatenate([p1, p2]), start + np.concatenate([by_start[j1], by_len[j2]])
+
+    def official_tie_order(self, pred, gt_idx, iou, desc, nan_iou_as_zero: bool) -> None:
+        """Reorders, in place, the pairs of predictions that have equal tIoUs (or two NaNs) among their valid GTs as the
+        official ``argsort(tiou)[::-1]`` over all GTs of the group orders them (NumPy's sort is not stable)."""
+        tie = (pred[1:] == pred[:-1]) & (desc[1:] == desc[:-1])
+        for p in np.unique(pred[1:][tie]):
+            lo, hi = np.searchsorted(pred, p, side="left"), np.searchsorted(pred, p, side="right")
+            g = self.group[p]
+            start, size = self.group_start[g], self.group_size[g]
+            row = segment_iou(self.pred_segment[p], self.gt_segment[start:start + size])
+            if nan_iou_as_zero:
+                row[np.isnan(row)] = 0.0
+            place = np.empty(size, np.int64)
+            place[row.argsort()[::-1]] = np.arange(size)
+            order = lo + np.argsort(place[gt_idx[lo:hi] - start])
+            gt_idx[lo:hi], iou[lo:hi] = gt_idx[order], iou[order]
 
 
 def _interpolated_ap(tp: np.ndarray, npos: int) -> np.ndarray:
@@ -352,8 +415,9 @@ def evaluate_detection(gt: Source, pred: Source, subset: str = "validation",
     gt, pred: dicts or JSON paths in the ActivityNet formats (seconds); blocked: None, a file (JSON list or one id per
     line) or ids, dropped from GT and predictions; ignore_unknown_labels: drop predictions whose label is no class of
     the subset (else an error listing them); nan_iou_as_zero: tIoU 0 instead of the official NaN for zero-union pairs
-    (module docstring). Predictions for videos without GT of their class are false positives. Returns fractions: ``{"tiou_thresholds": [T], "mAP": [T],
-    "average_mAP": x, "per_class_AP": {label: [T]}}``, classes in the GT's first-seen order.
+    (module docstring). Predictions for videos without GT of their class are false positives. Returns fractions:
+    ``{"tiou_thresholds": [T], "mAP": [T], "average_mAP": x, "per_class_AP": {label: [T]}}``, classes in the GT's
+    first-seen order.
     """
     thr = _thresholds(tiou_thresholds)
     blocked = load_blocked(blocked)

@@ -108,12 +108,17 @@ def evaluate_detection_official(gt, pred, subset="validation", tiou_thresholds=T
     """(ap (T, C), mAP (T,), average_mAP, class names in index order) for GT/prediction dicts."""
     gt_rows, activity_index = import_ground_truth(gt, subset, blocked)
     pred_rows, scores = import_prediction(pred, activity_index, blocked)
+    ground_truth_by_label, prediction_by_label = {}, {}  # groupby('label'): file order inside a group
+    for v, s, e, c in gt_rows:
+        ground_truth_by_label.setdefault(c, []).append((v, s, e))
+    for i, (v, s, e, c) in enumerate(pred_rows):
+        prediction_by_label.setdefault(c, []).append(i)
     ap = np.zeros((len(tiou_thresholds), len(activity_index)))
     for cidx in activity_index.values():
-        g = [(v, s, e) for v, s, e, c in gt_rows if c == cidx]
-        keep = [i for i, row in enumerate(pred_rows) if row[3] == cidx]
+        keep = prediction_by_label.get(cidx, [])
         p = [pred_rows[i][:3] for i in keep]
-        ap[:, cidx] = compute_average_precision_detection(g, p, scores[keep], tiou_thresholds, nan_iou_as_zero)
+        ap[:, cidx] = compute_average_precision_detection(ground_truth_by_label[cidx], p, scores[keep],
+                                                          tiou_thresholds, nan_iou_as_zero)
     mAP = ap.mean(axis=1)
     return ap, mAP, mAP.mean(), list(activity_index)
 

@@ -208,25 +208,37 @@ def test_zero_length_nan_matches_unless_flagged():
     assert_matches_official(gt, pred, nan_iou_as_zero=True)
 
 
-def lattice_case(seed):
+def lattice_case(seed, max_gt=10, span=10):
     """Small random GT/predictions on an integer grid: many equal tIoUs and scores, duplicate and zero-length or
     inverted segments, GT of other subsets, videos without GT."""
     rng = np.random.default_rng(seed)
     classes = [f"c{k}" for k in range(rng.integers(1, 4))]
     gt = gt_of({f"v{v}": [(classes[rng.integers(len(classes))], [int(s), int(s) + int(rng.integers(-1, 5))])
-                          for s in rng.integers(0, 10, rng.integers(1, 10))] for v in range(rng.integers(1, 6))})
+                          for s in rng.integers(0, span, rng.integers(1, max_gt))] for v in range(rng.integers(1, 6))})
     gt["database"]["other"] = {"subset": "training", "annotations": [{"label": "zz", "segment": [0, 1]}]}
     classes = sorted({a["label"] for v, e in gt["database"].items() if v != "other" for a in e["annotations"]})
     score = (lambda: int(rng.integers(0, 4))) if seed % 2 else (lambda: float(rng.integers(0, 4)) / 4)
     pred = results({f"v{v}": [det(classes[rng.integers(len(classes))], score(),
                                   [int(s), int(s) + int(rng.integers(-1, 6))])
-                              for s in rng.integers(0, 10, rng.integers(0, 30))] for v in range(len(gt["database"]))})
+                              for s in rng.integers(0, span, rng.integers(0, 3 * max_gt))]
+                    for v in range(len(gt["database"]))})
     return gt, pred
 
 
 def test_lattice_cases_match_official(seed):
     for k in range(150):
         gt, pred = lattice_case(seed + k)
+        for thr in (TIOU, np.array([0.0, 0.2, 0.5])):
+            assert_matches_official(gt, pred, tiou_thresholds=thr)
+            assert_matches_official(gt, pred, tiou_thresholds=thr, nan_iou_as_zero=True)
+
+
+@pytest.mark.parametrize("dense_group", [0, 16])
+def test_large_groups_match_official(seed, dense_group, monkeypatch):
+    # Groups above lofi.evaluation._DENSE_GROUP GTs are paired by an interval join; 0 sends every group through it.
+    monkeypatch.setattr("lofi.evaluation._DENSE_GROUP", dense_group)
+    for k in range(30):
+        gt, pred = lattice_case(seed + k, max_gt=60, span=30)
         for thr in (TIOU, np.array([0.0, 0.2, 0.5])):
             assert_matches_official(gt, pred, tiou_thresholds=thr)
             assert_matches_official(gt, pred, tiou_thresholds=thr, nan_iou_as_zero=True)
@@ -263,6 +275,8 @@ def test_unknown_labels_are_an_error_unless_ignored():
     ({"label": 3, "score": 0.5, "segment": [0, 1]}, r"results\['v2'\]\[1\]: missing or malformed field 'label'"),
     ({"label": ["A"], "score": 0.5, "segment": [0, 1]}, r"results\['v2'\]\[1\]: missing or malformed field 'label'"),
     ({"label": "A", "score": "high", "segment": [0, 1]}, r"results\['v2'\]\[1\]: missing or malformed field 'score'"),
+    ({"label": "A", "score": 0.5, "segment": [0, float("nan")]},
+     r"video 'v2': field 'segment' \[0.0, nan\] is not finite"),
 ])
 def test_malformed_predictions_name_video_and_field(bad, message):
     gt = gt_of({"v1": [("A", [0, 10])]})
