@@ -278,6 +278,7 @@ def test_unknown_labels_are_an_error_unless_ignored():
     ({"label": "A", "score": 0.5, "segment": [0, float("nan")]},
      r"video 'v2': field 'segment' \[0.0, nan\] is not finite"),
 ])
+@pytest.mark.filterwarnings("ignore::lofi.evaluation.EvaluationWarning")
 def test_malformed_predictions_name_video_and_field(bad, message):
     gt = gt_of({"v1": [("A", [0, 10])]})
     pred = results({"v1": [det("A", 0.9, [0, 10])], "v2": [det("A", 0.9, [0, 10]), bad]})
