@@ -1,4 +1,4 @@
-"""Shards → frame tensors at the fidelity the LoFi schedule asks for (issue 3 §3)."""
+"""Video data: annotation parsing, shard packing, the synthetic benchmark and the streaming reader (build_loader)."""
 from .loader import VideoLoader, build_loader, resolve_backend
 
 __all__ = ["VideoLoader", "build_loader", "resolve_backend"]
