@@ -1,7 +1,7 @@
+import importlib.util
 import io
 import json
 import os
-import shutil
 
 import av
 import numpy as np
@@ -172,9 +172,10 @@ def test_clip_label_id(tmp_path):
     assert [m["label_id"] for m in batch["meta"]] == [1, 1]
 
 
-dali = pytest.importorskip("nvidia.dali")
+needs_dali = pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="needs nvidia-dali")
 
 
+@needs_dali
 def test_dali_cpu_matches_pyav(mjpeg, vp9):
     for root, subset in ((mjpeg, "validation"), (vp9, "training")):
         runs = {}
@@ -193,6 +194,7 @@ def test_dali_cpu_matches_pyav(mjpeg, vp9):
             assert diff <= 3.0, f"{root}: mean |PyAV − DALI| = {diff:.2f} levels"
 
 
+@needs_dali
 def test_mixed_and_cpu_graphs_come_from_one_function():
     from lofi.data.backend_dali import build_pipeline
 
@@ -208,6 +210,7 @@ def test_mixed_and_cpu_graphs_come_from_one_function():
     assert [d for n, d in graphs["mixed"][after_decoder:] if n != "ExternalSource"] == ["gpu"] * 5
 
 
+@needs_dali
 def test_dali_cpu_rejects_h264(tmp_path):
     items = samples(1)
     write_shards(str(tmp_path), "training", items, per_shard=1, codec="libx264")
@@ -215,3 +218,25 @@ def test_dali_cpu_rejects_h264(tmp_path):
                           backend="dali", num_workers=0)
     with pytest.raises(ValueError, match="DALI's CPU decoder handles"):
         collect(loader)
+
+
+def test_reads_make_shards_output(tmp_path):
+    from lofi.data.packing import make_shards
+    from lofi.data.synthetic import make_synthetic
+
+    syn = make_synthetic(tmp_path / "syn", seed=2, workers=1, progress=False, num_videos=4, num_classes=2,
+                         size=(48, 64), length=(3.0, 4.0), num_clips=2, clip_length=(1.0, 1.5))
+    man = make_shards(syn["videos"], syn["annotations"], tmp_path / "tal", codec="vp9", short_side=48, shard_size=2,
+                      workers=1, progress=False)
+    for subset, split in man["splits"].items():
+        loader = build_loader(str(tmp_path / "tal"), subset, batch_size=1, schedule=FIXED, train=False, epoch=0,
+                              seed=0, backend="cpu", num_workers=0, foreground=True)
+        metas = [m for b in loader for m in b["meta"] if not m["pad"]]
+        assert len({m["id"] for m in metas}) == split["num_samples"] and not loader.corrupt
+        assert all(m["label_id"] in (0, 1) for m in metas)
+    clips = make_shards(syn["clips"], syn["clip_list"], tmp_path / "clips", fmt="clips", codec="vp9", short_side=48,
+                        workers=1, progress=False)
+    subset = sorted(clips["splits"])[0]
+    batch = next(iter(build_loader(str(tmp_path / "clips"), subset, batch_size=1, schedule=FIXED, train=True,
+                                   epoch=0, seed=0, backend="cpu", num_workers=0)))
+    assert batch["meta"][0]["label_id"] in (0, 1) and batch["frames"].shape == (1, 4, 2, 3, 32, 32)
