@@ -207,7 +207,7 @@ def test_mixed_and_cpu_graphs_come_from_one_function():
     assert names == [name for name, _ in graphs["mixed"]] and "Video" in names
     assert {d for _, d in graphs["cpu"]} == {"cpu"}
     after_decoder = names.index("Video")
-    assert [d for n, d in graphs["mixed"][after_decoder:] if n != "ExternalSource"] == ["gpu"] * 5
+    assert [d for n, d in graphs["mixed"][after_decoder:] if n != "ExternalSource"] == ["gpu"] * 6
 
 
 @needs_dali

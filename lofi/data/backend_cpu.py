@@ -79,14 +79,15 @@ def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> np.n
         raise CorruptSample(f"{type(exc).__name__}: {exc}") from exc
 
 
-def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int], threads: int = 1) -> torch.Tensor:
-    """uint8 (L, T, 3, H, W): decode the unique frames of `frames` (L, T), resize and crop each once, then gather.
+def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int],
+                  threads: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decodes, resizes and crops each distinct frame of `frames` (L, T) once.
 
-    `size` is the (height, width) the json states; a stream of another size is corrupt (the crop assumed it).
+    Returns uint8 (U, 3, H, W) for the U sorted distinct frames, and int64 (L·T,) positions into them (the snippets'
+    frames in order). `size` is the (height, width) the json states; another stream size is corrupt.
     """
     unique, inverse = np.unique(frames, return_inverse=True)
     decoded = torch.from_numpy(decode_frames(encoded, unique, threads)).permute(0, 3, 1, 2)
     if tuple(decoded.shape[-2:]) != tuple(size):
         raise CorruptSample(f"frames are {decoded.shape[-1]}x{decoded.shape[-2]}, the json says {size[1]}x{size[0]}")
-    out = apply_crop(decoded, crop)
-    return out[torch.from_numpy(inverse.reshape(-1))].reshape(*frames.shape, *out.shape[1:])
+    return apply_crop(decoded, crop), torch.from_numpy(inverse.reshape(-1))

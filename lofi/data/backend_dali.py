@@ -39,16 +39,21 @@ def probe(plan: dict, device: str) -> None:
 
 
 def video_graph(source: Callable, device: str):
-    """The DALI graph of both devices: frames (B, L·T, 3, H, W) uint8 on the decoder's device."""
+    """The DALI graph of both devices: frames (B, L·T, 3, H, W) uint8 on the decoder's device.
+
+    Each distinct frame is decoded, resized and cropped once; `sequence_rearrange` then lays out the L·T snippet
+    frames (a frame list with repeats makes DALI's decoder seek once per entry).
+    """
     if device not in DEVICES:
         raise ValueError(f"DALI device must be one of {DEVICES}, got {device!r}")
-    encoded, frames, size, anchor, shape, flip = fn.external_source(
-        source=source, num_outputs=6, batch=True, batch_info=True,
-        dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.INT32, types.INT32])
+    encoded, frames, positions, size, anchor, shape, flip = fn.external_source(
+        source=source, num_outputs=7, batch=True, batch_info=True,
+        dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT32, types.INT32, types.INT32])
     video = fn.decoders.video(encoded, device=device, frames=frames)
     video = fn.resize(video, size=size, antialias=True, interp_type=types.INTERP_LINEAR)
     video = fn.slice(video, anchor, shape, axis_names="HW")
     video = fn.flip(video, horizontal=flip)
+    video = fn.sequence_rearrange(video, new_order=positions)
     return fn.transpose(video, perm=[0, 3, 1, 2])
 
 
@@ -65,10 +70,12 @@ def build_pipeline(source: Callable, device: str, batch_size: int, num_threads: 
 
 
 def plan_arrays(plans: list):
-    """The six external-source inputs of a batch of plans."""
+    """The seven external-source inputs of a batch of plans (distinct frames, and positions into them)."""
     crops = [p["crop"] for p in plans]
+    distinct = [np.unique(p["frames"], return_inverse=True) for p in plans]
     return ([np.frombuffer(p["mp4"], np.uint8) for p in plans],
-            [p["frames"].reshape(-1).astype(np.int32) for p in plans],
+            [unique.astype(np.int32) for unique, _ in distinct],
+            [inverse.reshape(-1).astype(np.int32) for _, inverse in distinct],
             [np.array([c.resize_h, c.resize_w], np.float32) for c in crops],
             [np.array([c.top, c.left], np.int32) for c in crops],
             [np.array([c.H, c.W], np.int32) for c in crops],

@@ -3,7 +3,7 @@ import functools
 import gc
 import importlib.util
 import warnings
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -30,7 +30,7 @@ def resolve_backend(backend: str) -> str:
     return "cpu"
 
 
-def _cpu_prepare(plan: dict) -> torch.Tensor:
+def _cpu_prepare(plan: dict) -> Tuple[torch.Tensor, torch.Tensor]:
     return load_snippets(plan["mp4"], plan["frames"], plan["crop"], plan["size"])
 
 
@@ -65,7 +65,8 @@ class VideoLoader:
         front = self.front
         # Free unreachable PyAV objects before the workers fork: a codec context with decoding threads freed by the
         # garbage collector inside a forked child waits forever on its threads' condition variables.
-        gc.collect()
+        if self.num_workers:
+            gc.collect()
         batches = torch.utils.data.DataLoader(
             front, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
             worker_init_fn=_worker_init if self.num_workers else None,

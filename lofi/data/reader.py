@@ -37,8 +37,9 @@ from .spatial import crop_params
 
 REQUIRED = ("id", "duration", "fps", "num_frames", "width", "height")
 
-# prepare(plan) -> frames uint8 (L, T, 3, H, W) or None (the backend decodes later); raises CorruptSample
-Prepare = Callable[[dict], Optional[torch.Tensor]]
+# prepare(plan) -> (distinct frames uint8 (U, 3, H, W), positions (L·T,) into them), or None when the backend decodes
+# later (DALI); raises CorruptSample
+Prepare = Callable[[dict], Optional[Tuple[torch.Tensor, torch.Tensor]]]
 
 
 def _seed(*values: int) -> int:
@@ -166,7 +167,10 @@ class FrontEnd(torch.utils.data.IterableDataset):
         if frames[0] is None:
             batch["plans"] = plans
         else:
-            batch["frames"] = torch.stack(frames)
+            out = torch.empty((len(plans), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8)
+            for i, (unique, positions) in enumerate(frames):
+                torch.index_select(unique, 0, positions, out=out[i])
+            batch["frames"] = out.view(len(plans), fid.L, fid.T, 3, fid.H, fid.W)
         return batch
 
     def __iter__(self) -> Iterator[dict]:
