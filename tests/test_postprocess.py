@@ -99,3 +99,12 @@ def test_result_json_written_atomically(tmp_path):
     assert data["external_data"]["classifier"] == out["classifier"]
     assert set(data["results"]) == {"vidA", "vidB"}
     assert list(path.parent.iterdir()) == [path]
+
+
+def test_padding_duplicates_are_left_out():
+    meta = META + [dict(META[0], pad=True)]
+    pred = perfect_pred(meta, 25)
+    pred["maps"][2] = 0  # a padding row must not overwrite vidA's results
+    out = detect(pred, meta, class_scores=torch.rand(3, 4), classes=CLASSES, top_k=5)
+    assert set(out["proposals"]) == set(out["detections"]) == {"vidA", "vidB"}
+    assert out["proposals"]["vidA"][0]["score"] > 0.8
