@@ -281,8 +281,9 @@ _PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
 _PLAN_CACHE_SIZE = 8
 
 
-def sampling_plan(rois: torch.Tensor, length: int, bins: Sequence[int], double: bool) -> _Plan:
-    """The compiled sampling plan of ``rois`` over T=``length`` snippets for the concatenated bin groups ``bins``.
+def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Sequence[int], double: bool) -> _Plan:
+    """The compiled sampling plan of ``rois`` over T=``length`` snippets and B=``num_batches`` videos for the
+    concatenated bin groups ``bins`` (e.g. [32, 4]); positions and weights in float64 when ``double``, else float32.
 
     Cached (8 entries, least recently used out) while the same ROI tensor object is alive and unmodified
     (``rois._version``), so G-TAD's fixed anchor tensor is planned once per T; any other ROIs are planned per call.
@@ -292,17 +293,28 @@ def sampling_plan(rois: torch.Tensor, length: int, bins: Sequence[int], double: 
         version = rois._version
     except RuntimeError:  # inference tensors have no version counter: plan without caching
         version = None
-    key = (id(rois), version, rois.device, length, tuple(bins), double)
+    key = (id(rois), version, rois.device, length, num_batches, tuple(bins), double)
     hit = _PLAN_CACHE.get(key) if version is not None else None
     if hit is not None and hit[0]() is rois:
         _PLAN_CACHE.move_to_end(key)
         return hit[1]
-    plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, bins, double)), sum(bins))
+    plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, bins, double)), sum(bins))
     if version is not None:
         _PLAN_CACHE[key] = (weakref.ref(rois), plan)
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
             _PLAN_CACHE.popitem(last=False)
     return plan
+
+
+def _scatter(grad_rows: torch.Tensor, plan: _Plan, num_batches: int, sources: int, length: int) -> torch.Tensor:
+    """Transpose of the gather: grad (R, Q, D) -> (B, S, T, D). CUDA gathers over the transposed plan (built once
+    and kept with the plan); the CPU kernel scatters over channel blocks and needs none."""
+    if grad_rows.is_cuda:
+        transposed = plan.transposed(num_batches, sources, length)
+    else:
+        transposed = (plan.row_ptr.new_empty(0),) * 2 + (plan.weight.new_empty(0),)
+    return torch.ops.lofi.sg_align_scatter(grad_rows, *plan.tensors(), *transposed, plan.bins, num_batches, sources,
+                                           length)
 
 
 class _SGAlignFunction(torch.autograd.Function):
@@ -319,8 +331,10 @@ class _SGAlignFunction(torch.autograd.Function):
     def backward(ctx, grad):
         B, C, T = ctx.shape
         plan = ctx.plan
-        grad_rows = grad.transpose(1, 2)  # (R, P, C)
-        g = torch.ops.lofi.sg_align_scatter(grad_rows, *plan.transposed(B, 1, T), plan.bins, B, 1, T)
+        grad_rows = grad.transpose(1, 2)  # (R, P, C) view
+        if grad_rows.is_cuda:
+            grad_rows = grad_rows.contiguous()  # coalesced reads in the CUDA gather
+        g = _scatter(grad_rows, plan, B, 1, T)
         return g.view(B, T, C).transpose(1, 2).contiguous(), None
 
 
@@ -341,7 +355,7 @@ class _SGAlignProjectFunction(torch.autograd.Function):
         plan, (inner_bins, ctx_bins) = ctx.plan, ctx.bins
         B, C, T = x.shape
         O, P = weight.shape[0], plan.bins
-        gz = torch.ops.lofi.sg_align_scatter(grad.unsqueeze(1), *plan.transposed(B, P, T), P, B, P, T)
+        gz = _scatter(grad.unsqueeze(1), plan, B, P, T)  # (B, P, T, O)
         gz = gz.permute(0, 2, 1, 3).reshape(B * T, P * O)  # rows (b, t), columns (bin, o)
         grads = []
         for src, first, last in ((x, 0, inner_bins), (x_ctx, inner_bins, P)):
@@ -370,7 +384,7 @@ def sg_align(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bool = True)
     _check_bins("bins", bins)
     if not _kernels_serve(x):
         return sg_align_reference(x, rois, bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], [bins], x.dtype == torch.float64)
+    plan = sampling_plan(rois, x.shape[2], x.shape[0], [bins], x.dtype == torch.float64)
     return _SGAlignFunction.apply(x, plan)
 
 
@@ -386,5 +400,5 @@ def sg_align_project(x: torch.Tensor, x_ctx: torch.Tensor, rois: torch.Tensor, w
     _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     if not _kernels_serve(x):
         return sg_align_project_reference(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], [inner_bins, ctx_bins], x.dtype == torch.float64)
+    plan = sampling_plan(rois, x.shape[2], x.shape[0], [inner_bins, ctx_bins], x.dtype == torch.float64)
     return _SGAlignProjectFunction.apply(x, x_ctx, weight, bias, plan, inner_bins, ctx_bins)
