@@ -9,7 +9,7 @@ import torchvision
 
 import lofi.ops
 from lofi.ops import sg_align, sg_align_project, sg_align_project_reference, sg_align_reference
-from lofi.ops.sg_align import gtad_anchor_rois
+from lofi.ops.sg_align import _scatter, gtad_anchor_rois, sampling_plan
 
 KERNEL = lofi.ops.available() and hasattr(torch.ops.lofi, "sg_align_plan")
 needs_kernel = pytest.mark.skipif(not KERNEL, reason="lofi._C with the sg_align kernels is not built")
@@ -181,6 +181,25 @@ def test_plan_cache_follows_the_roi_tensor(seed):
     rois[:, 1:] += 0.25  # in-place edit bumps the version: the plan is rebuilt
     torch.testing.assert_close(sg_align(x, rois, 4), sg_align_reference(x, rois, 4), rtol=0, atol=1e-12)
     assert not torch.allclose(first, sg_align(x, rois, 4))
+
+
+@needs_kernel
+@pytest.mark.parametrize("bins,sources", [([7], 1), ([6, 3], 9)])
+def test_transposed_plan_gives_the_cpu_scatter(bins, sources, seed):
+    # The CUDA backward sums, for each (b, s, t), over the transposed plan's entries; emulate it with index_add.
+    gen = torch.Generator().manual_seed(seed)
+    B, D, T = 2, 5, 17
+    P = sum(bins)
+    rois = torch.cat([gtad_anchor_rois(B, T, dtype=torch.float64), edge_rois(B, T, gen)])
+    plan = sampling_plan(rois, T, B, bins, True)
+    t_ptr, t_row, t_weight = plan.transposed(B, sources, T)
+    Q = P if sources == 1 else 1
+    grad = torch.randn(rois.shape[0], Q, D, generator=gen, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(B * sources * T), t_ptr.diff())
+    q = t_row % P if Q > 1 else torch.zeros_like(t_row)
+    emulated = torch.zeros(B * sources * T, D, dtype=torch.float64).index_add_(
+        0, rows, t_weight[:, None] * grad[t_row // P, q])
+    torch.testing.assert_close(emulated.view(B, sources, T, D), _scatter(grad, plan, B, sources, T))
 
 
 def test_deterministic_backward(seed):

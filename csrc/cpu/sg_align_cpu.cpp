@@ -105,8 +105,10 @@ Tensor gather_cpu(const Tensor& input, const Tensor& batch, const Tensor& row_pt
                   const Tensor& weight, int64_t bins, bool sum_bins) {
   TORCH_CHECK(input.dim() == 4, "sg_align_gather: input must be (B, S, T, D)");
   check_plan(batch, row_ptr, start, weight, bins, input.scalar_type());
-  const Tensor in = input.contiguous();
-  const int64_t S = in.size(1), T = in.size(2), D = in.size(3), R = batch.size(0), P = bins;
+  // Channels must be contiguous (vectorized inner loop); the other dimensions may be strided (e.g. a permuted Z).
+  const Tensor in = input.stride(3) == 1 ? input : input.contiguous();
+  const int64_t S = in.size(1), D = in.size(3), R = batch.size(0), P = bins;
+  const int64_t sb = in.stride(0), ss = in.stride(1), st = in.stride(2);
   TORCH_CHECK(S == 1 || S == P, "sg_align_gather: input must have 1 or ", P, " sources, got ", S);
   const int64_t Q = sum_bins ? 1 : P;
   Tensor out = sum_bins ? at::empty({R, D}, in.options()) : at::empty({R, D, P}, in.options());
@@ -126,9 +128,9 @@ Tensor gather_cpu(const Tensor& input, const Tensor& batch, const Tensor& row_pt
         const int64_t b = b_of[r];
         for (int64_t p = 0; b >= 0 && p < P; ++p) {
           const int64_t row = r * P + p;
-          const scalar_t* src = x + ((b * S + (S == 1 ? 0 : p)) * T + first[row]) * D;
+          const scalar_t* src = x + b * sb + (S == 1 ? 0 : p) * ss + first[row] * st;
           acc_t* __restrict__ dst = acc.data() + (sum_bins ? 0 : p) * D;
-          for (int64_t j = ptr[row]; j < ptr[row + 1]; ++j, src += D) {
+          for (int64_t j = ptr[row]; j < ptr[row + 1]; ++j, src += st) {
             const acc_t wj = w[j];
             for (int64_t d = 0; d < D; ++d) dst[d] += wj * src[d];
           }
