@@ -202,6 +202,20 @@ def test_transposed_plan_gives_the_cpu_scatter(bins, sources, seed):
     torch.testing.assert_close(emulated.view(B, sources, T, D), _scatter(grad, plan, B, sources, T))
 
 
+def test_inference_mode_and_cpu_autocast(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x, x_ctx, weight, bias = project_inputs(2, 3, 9, 4, gen, dtype=torch.float32)
+    expected = sg_align_project(x, x_ctx, gtad_anchor_rois(2, 9), weight, bias)
+    with torch.inference_mode():  # inference tensors have no version counter: planned without the cache
+        rois = gtad_anchor_rois(2, 9)
+        torch.testing.assert_close(sg_align_project(x, x_ctx, rois, weight, bias), expected)
+        torch.testing.assert_close(sg_align(x, rois, 4), sg_align_reference(x, rois, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sg_align_project(x.bfloat16(), x_ctx.bfloat16(), gtad_anchor_rois(2, 9), weight, bias)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
+
+
 def test_deterministic_backward(seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 8, 30, generator=gen, requires_grad=True)
@@ -321,8 +335,8 @@ def test_cuda_sg_align_matches_cpu(dtype, seed):
     tol = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
     torch.testing.assert_close(out_gpu.cpu().to(cpu_dtype), out_cpu, rtol=tol, atol=tol)
     torch.testing.assert_close(g_gpu.cpu().to(cpu_dtype), g_cpu, rtol=tol, atol=tol * g_cpu.abs().max().item())
-    torch.testing.assert_close(out_gpu.float().cpu(), torchvision_align(x.to(dtype).cuda().float(), rois.cuda(), 32)
-                               .cpu().float(), rtol=tol, atol=tol)
+    expected = torchvision_align(x.to(dtype).to(cpu_dtype).cuda(), rois.cuda(), 32)
+    torch.testing.assert_close(out_gpu.to(cpu_dtype), expected, rtol=tol, atol=tol)
     # deterministic backward
     (g_again,) = torch.autograd.grad(sg_align(xg, rois.to(cpu_dtype).cuda(), 32), xg, grad.to(dtype).cuda())
     assert torch.equal(g_gpu, g_again)

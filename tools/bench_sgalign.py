@@ -27,7 +27,7 @@ import torchvision  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lofi import benchmark  # noqa: E402
 from lofi.ops import extension, sg_align, sg_align_project  # noqa: E402
-from lofi.ops.sg_align import gtad_anchor_rois  # noqa: E402
+from lofi.ops.sg_align import gtad_anchor_rois, sampling_plan  # noqa: E402
 
 # Peak memory bandwidth (GB/s) by card name, for the achieved-bandwidth ratio.
 BANDWIDTH_GBS = {"H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800,
@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     cuda = args.device == "cuda"
+    load = os.getloadavg()[0]  # the CPU figures depend on what else runs on the machine
     if cuda and not torch.cuda.is_available():
         sys.exit("bench_sgalign: --device cuda but no GPU is visible")
     dev = torch.device(args.device)
@@ -92,17 +93,18 @@ def main(argv=None) -> dict:
         sys.exit("bench_sgalign: lofi._C is not built for this device (run setup.py build_ext --inplace)")
     torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 for both the fused op and the unfused conv
 
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(B, C, T, generator=gen).to(dev).requires_grad_()
-    x_ctx = torch.randn(B, C, T, generator=gen).to(dev).requires_grad_()
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=dev)
+
+    x, x_ctx = randn(B, C, T).requires_grad_(), randn(B, C, T).requires_grad_()
     rois = gtad_anchor_rois(B, T, device=dev)
     rois = rois[(rois[:, 1] != 0) | (rois[:, 2] != 0)]  # the T(T+1)/2 valid anchors per video, no [b, 0, 0] dummies
     R = rois.shape[0]
-    weight = torch.nn.Parameter((torch.randn(O, C * 36, generator=gen) / (C * 36) ** 0.5).to(dev))
+    weight = torch.nn.Parameter(randn(O, C * 36) / (C * 36) ** 0.5)
     bias = torch.nn.Parameter(torch.zeros(O, device=dev))
-    g_in = torch.randn(R, C, 32, generator=gen).to(dev)
-    g_ctx = torch.randn(R, C, 4, generator=gen).to(dev)
-    g_out = torch.randn(R, O, generator=gen).to(dev)
+    g_in, g_ctx, g_out = randn(R, C, 32), randn(R, C, 4), randn(R, O)
     boxes = torch.cat([rois[:, :2], torch.zeros_like(rois[:, :1]), rois[:, 2:], torch.ones_like(rois[:, :1])], 1)
 
     def ours():
@@ -140,7 +142,7 @@ def main(argv=None) -> dict:
 
     figures = {
         "device": benchmark.machine(), "B": B, "C": C, "T": T, "O": O, "R": R, "repeats": repeats,
-        "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "thp": os.environ.get("THP_MEM_ALLOC_ENABLE"), "load_average": load,
         "sgalign_s": t_ours, "torchvision_s": t_tv, "sgalign_speedup": t_tv / t_ours,
         "fused_s": t_fused, "unfused_s": t_unfused, "fused_speedup": t_unfused / t_fused,
         "fused_saved_MB": mem_fused / 1e6, "unfused_saved_MB": mem_unfused / 1e6,
@@ -156,8 +158,9 @@ def main(argv=None) -> dict:
     ]
     if cuda:
         peak_fused, peak_unfused = peak_cuda_bytes(fused), peak_cuda_bytes(unfused)
-        plan_bytes = sum(8 * R * n + 4 * R * n * 6 for n in (32, 4))  # row_ptr/start + ~6 weights per row
-        traffic = 4 * (2 * 2 * B * C * T + 2 * R * C * 36) + plan_bytes  # x in/grad out, output + its gradient
+        plans = [sampling_plan(rois, T, B, [n], False) for n in (32, 4)]
+        plan_bytes = sum(t.nbytes for p in plans for t in p.tensors() + p.transposed(B, 1, T))
+        traffic = 4 * (4 * B * C * T + 2 * R * C * 36) + plan_bytes  # x, x_ctx and their grads; output and its grad
         gbs, peak_bw = traffic / t_ours / 1e9, card_bandwidth()
         figures.update({"fused_peak_MB": peak_fused / 1e6, "unfused_peak_MB": peak_unfused / 1e6,
                         "sgalign_GBps": gbs, "card_GBps": peak_bw, "bandwidth_fraction": gbs / peak_bw})
@@ -167,7 +170,8 @@ def main(argv=None) -> dict:
                      f"{100 * gbs / peak_bw:.0f}%"])
     table = benchmark.markdown_table(["op", "lofi", "baseline", "baseline time", "ratio"], rows)
     body = (f"B={B} videos, C={C}, T={T}, R={R} ROIs (all G-TAD anchors), {args.device}, float32, median of "
-            f"{repeats} runs (baselines {base_repeats}), THP_MEM_ALLOC_ENABLE={figures['thp']}.\n\n{table}")
+            f"{repeats} runs (baselines {base_repeats}), THP_MEM_ALLOC_ENABLE={figures['thp']}, "
+            f"load average {load:.1f} at start.\n\n{table}")
     print(body)
     if args.json:
         tmp = args.json + ".tmp"

@@ -151,6 +151,7 @@ __global__ void gather_kernel(const scalar_t* __restrict__ in, int64_t sb, int64
         const int64_t row = r * P + p;
         const scalar_t* src = in + b * sb + (S == 1 ? 0 : p) * ss + d * sd + start[row] * st;
         const int64_t j0 = row_ptr[row], j1 = row_ptr[row + 1];
+#pragma unroll 4
         for (int64_t j = j0; j < j1; ++j) acc += weight[j] * static_cast<acc_t>(src[(j - j0) * st]);
       }
     }
@@ -189,6 +190,7 @@ __global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t Q, int
     const int64_t d = idx % D, m = idx / D;
     acc_t acc = acc_t(0);
     const int64_t j1 = t_ptr[m + 1];
+#pragma unroll 4  // independent loads: keep several in flight (rows of one snippet can number in the thousands)
     for (int64_t j = t_ptr[m]; j < j1; ++j) {
       const int64_t row = t_row[j];
       const int64_t q = Q == 1 ? 0 : row % P;

@@ -396,7 +396,15 @@ def sg_align_project(x: torch.Tensor, x_ctx: torch.Tensor, rois: torch.Tensor, w
     Equals ``linear(cat([sg_align(x, rois, inner_bins), sg_align(x_ctx, rois, ctx_bins)], 2).flatten(1), weight, bias)``
     without materializing the (R, C*(inner_bins+ctx_bins)) tensor: x, x_ctx (B, C, T); rois (R, 3);
     weight (O, C*P), ``weight[o, c*P + p]``; bias (O,) or None. Gradients flow to x, x_ctx, weight and bias.
+    Under autocast the floating inputs are cast to the autocast dtype (CUDA) or float32 (CPU), as for a conv.
     """
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type):  # like a conv: one compute dtype (fp32 on the CPU kernels)
+        dtype = torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+        x, x_ctx, weight = (t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (x, x_ctx, weight))
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
+        with torch.autocast(device_type, enabled=False):
+            return sg_align_project(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     if not _kernels_serve(x):
         return sg_align_project_reference(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check=False)
