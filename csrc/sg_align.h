@@ -9,6 +9,9 @@
 // Samples are visited in increasing position, so the snippets a row touches form one contiguous run.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
 #include <cmath>
 #include <cstdint>
 
@@ -107,6 +110,19 @@ LOFI_HD void row_weights(acc_t start, acc_t end, int64_t bins, int64_t p, int64_
     w[lo - first] += w_lo;
     w[hi - first] += w_hi;
   });
+}
+
+// Host-side shape/dtype checks of a plan passed to sg_align_gather / sg_align_scatter (internal ops).
+inline void check_plan(const at::Tensor& batch, const at::Tensor& row_ptr, const at::Tensor& start,
+                       const at::Tensor& weight, int64_t bins, at::ScalarType input_type) {
+  TORCH_CHECK(bins >= 1, "sg_align: bins must be >= 1");
+  TORCH_CHECK(batch.dim() == 1 && batch.scalar_type() == at::kLong, "sg_align: batch must be (R,) int64");
+  TORCH_CHECK(row_ptr.numel() == batch.numel() * bins + 1 && row_ptr.scalar_type() == at::kLong,
+              "sg_align: row_ptr must be (R*P+1,) int64");
+  TORCH_CHECK(start.numel() == batch.numel() * bins && start.scalar_type() == at::kLong,
+              "sg_align: start must be (R*P,) int64");
+  const auto acc = input_type == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(weight.scalar_type() == acc, "sg_align: plan weights must be ", acc, " for ", input_type, " input");
 }
 
 }  // namespace sgalign

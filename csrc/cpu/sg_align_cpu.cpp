@@ -89,18 +89,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> plan_cpu(const Tensor& rois, int64_t 
   return {batch, row_ptr, start, weight};
 }
 
-void check_plan(const Tensor& batch, const Tensor& row_ptr, const Tensor& start, const Tensor& weight, int64_t bins,
-                at::ScalarType input_type) {
-  TORCH_CHECK(bins >= 1, "sg_align: bins must be >= 1");
-  TORCH_CHECK(batch.dim() == 1 && batch.scalar_type() == at::kLong, "sg_align: batch must be (R,) int64");
-  TORCH_CHECK(row_ptr.numel() == batch.numel() * bins + 1 && row_ptr.scalar_type() == at::kLong,
-              "sg_align: row_ptr must be (R*P+1,) int64");
-  TORCH_CHECK(start.numel() == batch.numel() * bins && start.scalar_type() == at::kLong,
-              "sg_align: start must be (R*P,) int64");
-  const auto acc = input_type == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(weight.scalar_type() == acc, "sg_align: plan weights must be ", acc, " for ", input_type, " input");
-}
-
 Tensor gather_cpu(const Tensor& input, const Tensor& batch, const Tensor& row_ptr, const Tensor& start,
                   const Tensor& weight, int64_t bins, bool sum_bins) {
   TORCH_CHECK(input.dim() == 4, "sg_align_gather: input must be (B, S, T, D)");

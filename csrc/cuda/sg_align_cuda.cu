@@ -111,18 +111,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> plan_cuda(const Tensor& rois, int64_t
   return {batch, row_ptr, start, weight};
 }
 
-void check_plan(const Tensor& batch, const Tensor& row_ptr, const Tensor& start, const Tensor& weight, int64_t bins,
-                at::ScalarType input_type) {
-  TORCH_CHECK(bins >= 1, "sg_align: bins must be >= 1");
+void check_cuda_plan(const Tensor& batch, const Tensor& row_ptr, const Tensor& start, const Tensor& weight,
+                     int64_t bins, at::ScalarType input_type) {
   TORCH_CHECK(batch.is_cuda() && row_ptr.is_cuda() && start.is_cuda() && weight.is_cuda(),
               "sg_align: the plan must be on CUDA");
-  TORCH_CHECK(batch.dim() == 1 && batch.scalar_type() == at::kLong, "sg_align: batch must be (R,) int64");
-  TORCH_CHECK(row_ptr.numel() == batch.numel() * bins + 1 && row_ptr.scalar_type() == at::kLong,
-              "sg_align: row_ptr must be (R*P+1,) int64");
-  TORCH_CHECK(start.numel() == batch.numel() * bins && start.scalar_type() == at::kLong,
-              "sg_align: start must be (R*P,) int64");
-  const auto acc = input_type == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(weight.scalar_type() == acc, "sg_align: plan weights must be ", acc, " for ", input_type, " input");
+  check_plan(batch, row_ptr, start, weight, bins, input_type);
 }
 
 // out[r, d, p] (per bin) or out[r, d] (summed over bins) = sum_k w * in[b, s(p), start + k, d].
@@ -162,7 +155,7 @@ __global__ void gather_kernel(const scalar_t* __restrict__ in, int64_t sb, int64
 Tensor gather_cuda(const Tensor& input, const Tensor& batch, const Tensor& row_ptr, const Tensor& start,
                    const Tensor& weight, int64_t bins, bool sum_bins) {
   TORCH_CHECK(input.is_cuda() && input.dim() == 4, "sg_align_gather: input must be (B, S, T, D) on CUDA");
-  check_plan(batch, row_ptr, start, weight, bins, input.scalar_type());
+  check_cuda_plan(batch, row_ptr, start, weight, bins, input.scalar_type());
   c10::cuda::CUDAGuard guard(input.device());
   const int64_t S = input.size(1), D = input.size(3), R = batch.size(0), P = bins;
   TORCH_CHECK(S == 1 || S == P, "sg_align_gather: input must have 1 or ", P, " sources, got ", S);
@@ -204,7 +197,7 @@ Tensor scatter_cuda(const Tensor& grad, const Tensor& batch, const Tensor& row_p
                     const Tensor& weight, const Tensor& t_ptr, const Tensor& t_row, const Tensor& t_weight,
                     int64_t bins, int64_t num_batches, int64_t sources, int64_t length) {
   TORCH_CHECK(grad.is_cuda() && grad.dim() == 3, "sg_align_scatter: grad must be (R, Q, D) on CUDA");
-  check_plan(batch, row_ptr, start, weight, bins, grad.scalar_type());
+  check_cuda_plan(batch, row_ptr, start, weight, bins, grad.scalar_type());
   c10::cuda::CUDAGuard guard(grad.device());
   const int64_t R = grad.size(0), Q = grad.size(1), D = grad.size(2), P = bins;
   TORCH_CHECK(R == batch.size(0) && (Q == 1 || Q == P), "sg_align_scatter: grad must be (R, 1 or P, D)");
