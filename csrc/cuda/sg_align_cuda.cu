@@ -4,8 +4,9 @@
 //   sg_align_plan:    one thread per (ROI, bin) row: count its snippets, cumsum, then fill its weights.
 //                     Allocating the weights needs nnz on the host: one device->host sync per plan (plans are cached).
 //   sg_align_gather:  one thread per output (r, d[, p]); reads the input through its strides.
-//   sg_align_scatter: deterministic backward: one thread per input-gradient element (b, s, t, d) sums over the
-//                     transposed plan's entries in a fixed order. No atomics, so results are bitwise reproducible.
+//   sg_align_scatter: the backward, and the only one (deterministic by construction): one thread per input-gradient
+//                     element (b, s, t, d) sums over the transposed plan's entries in a fixed order. No atomics, so
+//                     gradients are bitwise reproducible run to run.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -118,37 +119,65 @@ void check_cuda_plan(const Tensor& batch, const Tensor& row_ptr, const Tensor& s
   check_plan(batch, row_ptr, start, weight, bins, input_type);
 }
 
-// out[r, d, p] (per bin) or out[r, d] (summed over bins) = sum_k w * in[b, s(p), start + k, d].
+// Summed rows and the backward map a thread index onto (row, channel) in tiles of 8 rows x 32 channels: a block's 8
+// warps serve 8 neighbouring rows (overlapping windows, so shared cache lines) and a warp reads 32 consecutive channels.
+constexpr int64_t kTileRows = 8, kTileCols = 32;
+static_assert(kTileRows * kTileCols == kThreads, "one tile per block");
+
+int64_t tiled_total(int64_t rows, int64_t D) {
+  return (rows + kTileRows - 1) / kTileRows * ((D + kTileCols - 1) / kTileCols) * kTileRows * kTileCols;
+}
+
+__device__ inline bool tile_index(int64_t idx, int64_t rows, int64_t D, int64_t* row, int64_t* d) {
+  const int64_t col_tiles = (D + kTileCols - 1) / kTileCols;
+  const int64_t tile = idx / (kTileRows * kTileCols), within = idx % (kTileRows * kTileCols);
+  *row = (tile / col_tiles) * kTileRows + within / kTileCols;
+  *d = (tile % col_tiles) * kTileCols + within % kTileCols;
+  return *row < rows && *d < D;
+}
+
+// sum_k w * in[b, s(p), start + k, d] over the plan row r*P + p.
 template <typename scalar_t, typename acc_t>
-__global__ void gather_kernel(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
-                              int64_t S, int64_t D, int64_t P, bool sum_bins, const int64_t* __restrict__ batch,
-                              const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
-                              const acc_t* __restrict__ weight, scalar_t* __restrict__ out, int64_t total) {
+__device__ inline acc_t gather_row(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
+                                   int64_t S, int64_t P, int64_t b, int64_t r, int64_t p, int64_t d,
+                                   const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
+                                   const acc_t* __restrict__ weight) {
+  const int64_t row = r * P + p;
+  const scalar_t* src = in + b * sb + (S == 1 ? 0 : p) * ss + d * sd + start[row] * st;
+  const int64_t j0 = row_ptr[row], j1 = row_ptr[row + 1];
+  acc_t acc = acc_t(0);
+#pragma unroll 4
+  for (int64_t j = j0; j < j1; ++j) acc += weight[j] * static_cast<acc_t>(src[(j - j0) * st]);
+  return acc;
+}
+
+// out[r, d, p] = gather_row(r, p, d); p is the fastest thread index (the output layout).
+template <typename scalar_t, typename acc_t>
+__global__ void gather_bins_kernel(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
+                                   int64_t S, int64_t D, int64_t P, const int64_t* __restrict__ batch,
+                                   const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
+                                   const acc_t* __restrict__ weight, scalar_t* __restrict__ out, int64_t total) {
   GRID_STRIDE(idx, total) {
-    int64_t r, d, p0, p1;
-    if (sum_bins) {
-      d = idx % D;
-      r = idx / D;
-      p0 = 0;
-      p1 = P;
-    } else {
-      p0 = idx % P;
-      p1 = p0 + 1;
-      d = (idx / P) % D;
-      r = idx / (P * D);
-    }
+    const int64_t p = idx % P, d = (idx / P) % D, r = idx / (P * D);
+    const int64_t b = batch[r];
+    const acc_t acc = b < 0 ? acc_t(0) : gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight);
+    out[idx] = static_cast<scalar_t>(acc);
+  }
+}
+
+// out[r, d] = sum_p gather_row(r, p, d).
+template <typename scalar_t, typename acc_t>
+__global__ void gather_sum_kernel(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
+                                  int64_t S, int64_t R, int64_t D, int64_t P, const int64_t* __restrict__ batch,
+                                  const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
+                                  const acc_t* __restrict__ weight, scalar_t* __restrict__ out, int64_t total) {
+  GRID_STRIDE(idx, total) {
+    int64_t r, d;
+    if (!tile_index(idx, R, D, &r, &d)) continue;
     const int64_t b = batch[r];
     acc_t acc = acc_t(0);
-    if (b >= 0) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t row = r * P + p;
-        const scalar_t* src = in + b * sb + (S == 1 ? 0 : p) * ss + d * sd + start[row] * st;
-        const int64_t j0 = row_ptr[row], j1 = row_ptr[row + 1];
-#pragma unroll 4
-        for (int64_t j = j0; j < j1; ++j) acc += weight[j] * static_cast<acc_t>(src[(j - j0) * st]);
-      }
-    }
-    out[idx] = static_cast<scalar_t>(acc);
+    for (int64_t p = 0; b >= 0 && p < P; ++p) acc += gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight);
+    out[r * D + d] = static_cast<scalar_t>(acc);
   }
 }
 
@@ -160,15 +189,24 @@ Tensor gather_cuda(const Tensor& input, const Tensor& batch, const Tensor& row_p
   const int64_t S = input.size(1), D = input.size(3), R = batch.size(0), P = bins;
   TORCH_CHECK(S == 1 || S == P, "sg_align_gather: input must have 1 or ", P, " sources, got ", S);
   Tensor out = sum_bins ? at::empty({R, D}, input.options()) : at::empty({R, D, P}, input.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
   const Tensor bt = batch.contiguous(), ptr = row_ptr.contiguous(), st = start.contiguous(), w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "sg_align_gather_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    gather_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        input.data_ptr<scalar_t>(), input.stride(0), input.stride(1), input.stride(2), input.stride(3), S, D, P,
-        sum_bins, bt.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(), st.data_ptr<int64_t>(), w.data_ptr<acc_t>(),
-        out.data_ptr<scalar_t>(), total);
+    auto stream = at::cuda::getCurrentCUDAStream();
+    const scalar_t* x = input.data_ptr<scalar_t>();
+    const int64_t sb = input.stride(0), ss = input.stride(1), stt = input.stride(2), sd = input.stride(3);
+    if (sum_bins) {
+      const int64_t total = tiled_total(R, D);
+      gather_sum_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          x, sb, ss, stt, sd, S, R, D, P, bt.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(), st.data_ptr<int64_t>(),
+          w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), total);
+    } else {
+      const int64_t total = out.numel();
+      gather_bins_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
+          x, sb, ss, stt, sd, S, D, P, bt.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(), st.data_ptr<int64_t>(),
+          w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), total);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -176,11 +214,12 @@ Tensor gather_cuda(const Tensor& input, const Tensor& batch, const Tensor& row_p
 
 // out[m, d] = sum over the transposed plan's entries j of row m = (b, s, t): w_j * grad[r_j, q_j, d].
 template <typename scalar_t, typename acc_t>
-__global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t Q, int64_t D, int64_t P,
+__global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t rows, int64_t Q, int64_t D, int64_t P,
                                const int64_t* __restrict__ t_ptr, const int64_t* __restrict__ t_row,
                                const acc_t* __restrict__ t_weight, scalar_t* __restrict__ out, int64_t total) {
   GRID_STRIDE(idx, total) {
-    const int64_t d = idx % D, m = idx / D;
+    int64_t m, d;
+    if (!tile_index(idx, rows, D, &m, &d)) continue;
     acc_t acc = acc_t(0);
     const int64_t j1 = t_ptr[m + 1];
 #pragma unroll 4  // independent loads: keep several in flight (rows of one snippet can number in the thousands)
@@ -189,7 +228,7 @@ __global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t Q, int
       const int64_t q = Q == 1 ? 0 : row % P;
       acc += t_weight[j] * static_cast<acc_t>(grad[((row / P) * Q + q) * D + d]);
     }
-    out[idx] = static_cast<scalar_t>(acc);
+    out[m * D + d] = static_cast<scalar_t>(acc);
   }
 }
 
@@ -206,13 +245,13 @@ Tensor scatter_cuda(const Tensor& grad, const Tensor& batch, const Tensor& row_p
                   t_row.numel() == weight.numel() && t_weight.scalar_type() == weight.scalar_type(),
               "sg_align_scatter: the transposed plan does not match the plan");
   Tensor out = at::empty({num_batches, sources, length, D}, grad.options());
-  const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (out.numel() == 0) return out;
+  const int64_t rows = num_batches * sources * length, total = tiled_total(rows, D);
   const Tensor g = grad.contiguous(), tp = t_ptr.contiguous(), tr = t_row.contiguous(), tw = t_weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sg_align_scatter_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scatter_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        g.data_ptr<scalar_t>(), Q, D, P, tp.data_ptr<int64_t>(), tr.data_ptr<int64_t>(), tw.data_ptr<acc_t>(),
+        g.data_ptr<scalar_t>(), rows, Q, D, P, tp.data_ptr<int64_t>(), tr.data_ptr<int64_t>(), tw.data_ptr<acc_t>(),
         out.data_ptr<scalar_t>(), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
