@@ -9,7 +9,7 @@ import torchvision
 
 import lofi.ops
 from lofi.ops import sg_align, sg_align_project, sg_align_project_reference, sg_align_reference
-from lofi.ops.sg_align import _scatter, gtad_anchor_rois, sampling_plan
+from lofi.ops.sg_align import _PLAN_CACHE, _scatter, gtad_anchor_rois, sampling_plan
 
 KERNEL = lofi.ops.available() and hasattr(torch.ops.lofi, "sg_align_plan")
 needs_kernel = pytest.mark.skipif(not KERNEL, reason="lofi._C with the sg_align kernels is not built")
@@ -181,6 +181,9 @@ def test_plan_cache_follows_the_roi_tensor(seed):
     rois[:, 1:] += 0.25  # in-place edit bumps the version: the plan is rebuilt
     torch.testing.assert_close(sg_align(x, rois, 4), sg_align_reference(x, rois, 4), rtol=0, atol=1e-12)
     assert not torch.allclose(first, sg_align(x, rois, 4))
+    cached = len(_PLAN_CACHE)
+    sg_align(x, gtad_anchor_rois(2, 10), 4)  # a temporary ROI tensor: its plan leaves the cache with it
+    assert len(_PLAN_CACHE) == cached
 
 
 @needs_kernel

@@ -9,14 +9,15 @@ It equals ``torchvision.ops.roi_align(x[:, :, None], [b, start, 0, end, 1], (1, 
 Both ops are linear in their inputs, so each is a *sampling plan*: a sparse matrix whose row ``(roi, bin)`` holds the
 averaged interpolation weights over a contiguous run of snippets (REFERENCE.md §4.1 item 2). The compiled kernels
 (``torch.ops.lofi.sg_align_*``) build that plan once per ROI tensor (cached, see :func:`sampling_plan`) and apply it
-as a sparse product; backward applies its transpose gather-style, so CPU and CUDA gradients are deterministic
-(no atomics). The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
+as a sparse product. Backward applies its transpose without atomics, so gradients are deterministic (the only
+mode): CUDA sums over a transposed plan, one thread per input-gradient element; the CPU threads own channel blocks.
+The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
 
 ROIs are ``(R, 3)`` rows ``[batch_index, start, end]`` in snippet units (continuous positions, 0..T).
 """
 import collections
 import weakref
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -300,7 +301,8 @@ def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Seque
         return hit[1]
     plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, bins, double)), sum(bins))
     if version is not None:
-        _PLAN_CACHE[key] = (weakref.ref(rois), plan)
+        # the entry goes when the ROI tensor does, so per-step ROIs never pile up plans
+        _PLAN_CACHE[key] = (weakref.ref(rois, lambda _, k=key: _PLAN_CACHE.pop(k, None)), plan)
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
             _PLAN_CACHE.popitem(last=False)
     return plan
