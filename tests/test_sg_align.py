@@ -219,6 +219,18 @@ def test_inference_mode_and_cpu_autocast(seed):
     torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
 
 
+@needs_kernel
+def test_internal_ops_reject_a_plan_reaching_outside_the_input():
+    rois = torch.tensor([[0.0, 1.0, 4.0]])
+    batch, row_ptr, start, weight = sampling_plan(rois, 6, 1, [2], False).tensors()
+    x = torch.randn(1, 1, 6, 3)
+    torch.ops.lofi.sg_align_gather(x, batch, row_ptr, start, weight, 2, False)
+    with pytest.raises(RuntimeError, match="reaches outside"):
+        torch.ops.lofi.sg_align_gather(x, batch, row_ptr, start + 3, weight, 2, False)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.lofi.sg_align_gather(x, batch + 1, row_ptr, start, weight, 2, False)
+
+
 def test_deterministic_backward(seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 8, 30, generator=gen, requires_grad=True)

@@ -179,7 +179,8 @@ def main(argv=None) -> dict:
             json.dump(figures, f, indent=1)
         os.replace(tmp, args.json)
     if not args.no_record:
-        benchmark.record(f"SGAlign ({args.device})", body, "python3 " + " ".join(["tools/bench_sgalign.py"] + (argv or sys.argv[1:])))
+        command = " ".join(["python3", "tools/bench_sgalign.py"] + (argv or sys.argv[1:]))
+        benchmark.record(f"SGAlign ({args.device})", body, command)
     return figures
 
 

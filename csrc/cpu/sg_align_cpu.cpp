@@ -89,6 +89,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> plan_cpu(const Tensor& rois, int64_t 
   return {batch, row_ptr, start, weight};
 }
 
+// The internal ops trust the plan's layout; this O(R*P) pass makes sure that no row reaches outside the input.
+void check_plan_bounds(const Tensor& batch, const Tensor& row_ptr, const Tensor& start, int64_t nnz, int64_t bins,
+                       int64_t num_batches, int64_t length) {
+  const int64_t R = batch.numel();
+  const int64_t* b = batch.data_ptr<int64_t>();
+  const int64_t* ptr = row_ptr.data_ptr<int64_t>();
+  const int64_t* first = start.data_ptr<int64_t>();
+  TORCH_CHECK(ptr[0] == 0 && ptr[R * bins] == nnz, "sg_align: row_ptr does not match the plan weights");
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(b[r] >= -1 && b[r] < num_batches, "sg_align: plan batch index ", b[r], " out of range");
+    for (int64_t row = r * bins; row < (r + 1) * bins; ++row) {
+      const int64_t len = ptr[row + 1] - ptr[row];
+      TORCH_CHECK(len >= 0 && (len == 0 || (b[r] >= 0 && first[row] >= 0 && first[row] + len <= length)),
+                  "sg_align: plan row ", row, " reaches outside the input");
+    }
+  }
+}
+
 Tensor gather_cpu(const Tensor& input, const Tensor& batch, const Tensor& row_ptr, const Tensor& start,
                   const Tensor& weight, int64_t bins, bool sum_bins) {
   TORCH_CHECK(input.dim() == 4, "sg_align_gather: input must be (B, S, T, D)");
@@ -100,7 +118,9 @@ Tensor gather_cpu(const Tensor& input, const Tensor& batch, const Tensor& row_pt
   TORCH_CHECK(S == 1 || S == P, "sg_align_gather: input must have 1 or ", P, " sources, got ", S);
   const int64_t Q = sum_bins ? 1 : P;
   Tensor out = sum_bins ? at::empty({R, D}, in.options()) : at::empty({R, D, P}, in.options());
-  const Tensor bt = batch.contiguous(), ptr_t = row_ptr.contiguous(), st_t = start.contiguous(), w_t = weight.contiguous();
+  const Tensor bt = batch.contiguous(), ptr_t = row_ptr.contiguous();
+  const Tensor st_t = start.contiguous(), w_t = weight.contiguous();
+  check_plan_bounds(bt, ptr_t, st_t, w_t.numel(), P, in.size(0), in.size(2));
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "sg_align_gather_cpu", [&] {
     using acc_t = scalar_t;  // float or double on the CPU
     const scalar_t* x = in.data_ptr<scalar_t>();
@@ -141,7 +161,9 @@ Tensor scatter_cpu(const Tensor& grad, const Tensor& batch, const Tensor& row_pt
   TORCH_CHECK(R == batch.size(0) && (Q == 1 || Q == P), "sg_align_scatter: grad must be (R, 1 or P, D)");
   TORCH_CHECK(S == 1 || S == P, "sg_align_scatter: sources must be 1 or P");
   Tensor out = at::zeros({num_batches, S, T, D}, grad.options());
-  const Tensor bt = batch.contiguous(), ptr_t = row_ptr.contiguous(), st_t = start.contiguous(), w_t = weight.contiguous();
+  const Tensor bt = batch.contiguous(), ptr_t = row_ptr.contiguous();
+  const Tensor st_t = start.contiguous(), w_t = weight.contiguous();
+  check_plan_bounds(bt, ptr_t, st_t, w_t.numel(), P, num_batches, T);
   const int64_t g_r = grad.stride(0), g_q = grad.stride(1), g_d = grad.stride(2);
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sg_align_scatter_cpu", [&] {
     using acc_t = scalar_t;

@@ -119,8 +119,8 @@ void check_cuda_plan(const Tensor& batch, const Tensor& row_ptr, const Tensor& s
   check_plan(batch, row_ptr, start, weight, bins, input_type);
 }
 
-// Summed rows and the backward map a thread index onto (row, channel) in tiles of 8 rows x 32 channels: a block's 8
-// warps serve 8 neighbouring rows (overlapping windows, so shared cache lines) and a warp reads 32 consecutive channels.
+// Summed rows and the backward map a thread index onto (row, channel) in tiles of 8 rows x 32 channels: a block's
+// 8 warps serve 8 neighbouring rows (overlapping windows, so shared cache lines); a warp reads 32 adjacent channels.
 constexpr int64_t kTileRows = 8, kTileCols = 32;
 static_assert(kTileRows * kTileCols == kThreads, "one tile per block");
 
@@ -136,15 +136,21 @@ __device__ inline bool tile_index(int64_t idx, int64_t rows, int64_t D, int64_t*
   return *row < rows && *d < D;
 }
 
+// The input's extent, for guards that keep a malformed plan (the ops are internal) from reading out of bounds.
+struct Extent {
+  int64_t batches, length, nnz;
+};
+
 // sum_k w * in[b, s(p), start + k, d] over the plan row r*P + p.
 template <typename scalar_t, typename acc_t>
 __device__ inline acc_t gather_row(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
                                    int64_t S, int64_t P, int64_t b, int64_t r, int64_t p, int64_t d,
                                    const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
-                                   const acc_t* __restrict__ weight) {
+                                   const acc_t* __restrict__ weight, Extent ext) {
   const int64_t row = r * P + p;
-  const scalar_t* src = in + b * sb + (S == 1 ? 0 : p) * ss + d * sd + start[row] * st;
-  const int64_t j0 = row_ptr[row], j1 = row_ptr[row + 1];
+  const int64_t j0 = row_ptr[row], j1 = row_ptr[row + 1], t0 = start[row];
+  if (b >= ext.batches || j0 < 0 || j1 > ext.nnz || t0 < 0 || t0 + (j1 - j0) > ext.length) return acc_t(0);
+  const scalar_t* src = in + b * sb + (S == 1 ? 0 : p) * ss + d * sd + t0 * st;
   acc_t acc = acc_t(0);
 #pragma unroll 4
   for (int64_t j = j0; j < j1; ++j) acc += weight[j] * static_cast<acc_t>(src[(j - j0) * st]);
@@ -156,11 +162,12 @@ template <typename scalar_t, typename acc_t>
 __global__ void gather_bins_kernel(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
                                    int64_t S, int64_t D, int64_t P, const int64_t* __restrict__ batch,
                                    const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
-                                   const acc_t* __restrict__ weight, scalar_t* __restrict__ out, int64_t total) {
+                                   const acc_t* __restrict__ weight, Extent ext, scalar_t* __restrict__ out,
+                                   int64_t total) {
   GRID_STRIDE(idx, total) {
     const int64_t p = idx % P, d = (idx / P) % D, r = idx / (P * D);
     const int64_t b = batch[r];
-    const acc_t acc = b < 0 ? acc_t(0) : gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight);
+    const acc_t acc = b < 0 ? acc_t(0) : gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight, ext);
     out[idx] = static_cast<scalar_t>(acc);
   }
 }
@@ -170,13 +177,15 @@ template <typename scalar_t, typename acc_t>
 __global__ void gather_sum_kernel(const scalar_t* __restrict__ in, int64_t sb, int64_t ss, int64_t st, int64_t sd,
                                   int64_t S, int64_t R, int64_t D, int64_t P, const int64_t* __restrict__ batch,
                                   const int64_t* __restrict__ row_ptr, const int64_t* __restrict__ start,
-                                  const acc_t* __restrict__ weight, scalar_t* __restrict__ out, int64_t total) {
+                                  const acc_t* __restrict__ weight, Extent ext, scalar_t* __restrict__ out,
+                                  int64_t total) {
   GRID_STRIDE(idx, total) {
     int64_t r, d;
     if (!tile_index(idx, R, D, &r, &d)) continue;
     const int64_t b = batch[r];
     acc_t acc = acc_t(0);
-    for (int64_t p = 0; b >= 0 && p < P; ++p) acc += gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight);
+    for (int64_t p = 0; b >= 0 && p < P; ++p)
+      acc += gather_row(in, sb, ss, st, sd, S, P, b, r, p, d, row_ptr, start, weight, ext);
     out[r * D + d] = static_cast<scalar_t>(acc);
   }
 }
@@ -195,17 +204,18 @@ Tensor gather_cuda(const Tensor& input, const Tensor& batch, const Tensor& row_p
     using acc_t = at::opmath_type<scalar_t>;
     auto stream = at::cuda::getCurrentCUDAStream();
     const scalar_t* x = input.data_ptr<scalar_t>();
+    const Extent ext{input.size(0), input.size(2), w.numel()};
     const int64_t sb = input.stride(0), ss = input.stride(1), stt = input.stride(2), sd = input.stride(3);
     if (sum_bins) {
       const int64_t total = tiled_total(R, D);
       gather_sum_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
           x, sb, ss, stt, sd, S, R, D, P, bt.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(), st.data_ptr<int64_t>(),
-          w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), total);
+          w.data_ptr<acc_t>(), ext, out.data_ptr<scalar_t>(), total);
     } else {
       const int64_t total = out.numel();
       gather_bins_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, stream>>>(
           x, sb, ss, stt, sd, S, D, P, bt.data_ptr<int64_t>(), ptr.data_ptr<int64_t>(), st.data_ptr<int64_t>(),
-          w.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), total);
+          w.data_ptr<acc_t>(), ext, out.data_ptr<scalar_t>(), total);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -214,19 +224,23 @@ Tensor gather_cuda(const Tensor& input, const Tensor& batch, const Tensor& row_p
 
 // out[m, d] = sum over the transposed plan's entries j of row m = (b, s, t): w_j * grad[r_j, q_j, d].
 template <typename scalar_t, typename acc_t>
-__global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t rows, int64_t Q, int64_t D, int64_t P,
+__global__ void scatter_kernel(const scalar_t* __restrict__ grad, int64_t rows, int64_t R, int64_t Q, int64_t D,
+                               int64_t P, int64_t nnz,
                                const int64_t* __restrict__ t_ptr, const int64_t* __restrict__ t_row,
                                const acc_t* __restrict__ t_weight, scalar_t* __restrict__ out, int64_t total) {
   GRID_STRIDE(idx, total) {
     int64_t m, d;
     if (!tile_index(idx, rows, D, &m, &d)) continue;
     acc_t acc = acc_t(0);
-    const int64_t j1 = t_ptr[m + 1];
+    const int64_t j0 = t_ptr[m], j1 = t_ptr[m + 1];
+    if (j0 >= 0 && j1 <= nnz) {
 #pragma unroll 4  // independent loads: keep several in flight (rows of one snippet can number in the thousands)
-    for (int64_t j = t_ptr[m]; j < j1; ++j) {
-      const int64_t row = t_row[j];
-      const int64_t q = Q == 1 ? 0 : row % P;
-      acc += t_weight[j] * static_cast<acc_t>(grad[((row / P) * Q + q) * D + d]);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t row = t_row[j];
+        if (row < 0 || row >= R * P) continue;  // guards a malformed plan (internal op)
+        const int64_t q = Q == 1 ? 0 : row % P;
+        acc += t_weight[j] * static_cast<acc_t>(grad[((row / P) * Q + q) * D + d]);
+      }
     }
     out[m * D + d] = static_cast<scalar_t>(acc);
   }
@@ -251,8 +265,8 @@ Tensor scatter_cuda(const Tensor& grad, const Tensor& batch, const Tensor& row_p
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sg_align_scatter_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     scatter_kernel<scalar_t, acc_t><<<blocks_for(total), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        g.data_ptr<scalar_t>(), rows, Q, D, P, tp.data_ptr<int64_t>(), tr.data_ptr<int64_t>(), tw.data_ptr<acc_t>(),
-        out.data_ptr<scalar_t>(), total);
+        g.data_ptr<scalar_t>(), rows, R, Q, D, P, tw.numel(), tp.data_ptr<int64_t>(), tr.data_ptr<int64_t>(),
+        tw.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -65,7 +65,8 @@ def _check_features(name: str, x, like: Optional[torch.Tensor] = None) -> None:
         raise ValueError(f"{name} must have shape (B, C, T), got rank {x.dim()} shape {tuple(x.shape)}")
     allowed = _CUDA_DTYPES if x.is_cuda else _CPU_DTYPES
     if x.dtype not in allowed:
-        raise ValueError(f"{name} has dtype {x.dtype}; on {x.device.type} it must be one of {[str(d) for d in allowed]}")
+        names = [str(d) for d in allowed]
+        raise ValueError(f"{name} has dtype {x.dtype}; on {x.device.type} it must be one of {names}")
     if x.shape[2] < 1:
         raise ValueError(f"{name} must have T >= 1 snippets, got shape {tuple(x.shape)}")
     if like is not None:
@@ -113,13 +114,15 @@ def _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"weight must have shape (O, C*(inner_bins+ctx_bins)) = (O, {channels}), got {shape}")
     if weight.dtype != x.dtype or weight.device != x.device:
-        raise ValueError(f"weight must match x's dtype/device ({x.dtype}, {x.device}), got ({weight.dtype}, {weight.device})")
+        raise ValueError(f"weight must match x's dtype/device ({x.dtype}, {x.device}), "
+                         f"got ({weight.dtype}, {weight.device})")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
             shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must have shape (O,) = ({weight.shape[0]},) or be None, got {shape}")
         if bias.dtype != x.dtype or bias.device != x.device:
-            raise ValueError(f"bias must match x's dtype/device ({x.dtype}, {x.device}), got ({bias.dtype}, {bias.device})")
+            raise ValueError(f"bias must match x's dtype/device ({x.dtype}, {x.device}), "
+                             f"got ({bias.dtype}, {bias.device})")
 
 
 def _position_dtype(x: torch.Tensor) -> torch.dtype:
