@@ -272,6 +272,10 @@ def test_empty_rois():
     assert y.shape == (0, 6)
     assert sg_align_reference(x, rois, 4).shape == (0, 3, 4)
     assert sg_align_project_reference(x, x, rois, w).shape == (0, 6)
+    # no channels: zeros (plus the bias)
+    x0, one = torch.zeros(2, 0, 5), torch.tensor([[1.0, 0.5, 3.0]])
+    assert sg_align(x0, one, 4).shape == (1, 0, 4)
+    assert torch.equal(sg_align_project(x0, x0, one, torch.zeros(3, 0), torch.ones(3)), torch.ones(1, 3))
 
 
 @pytest.mark.parametrize("fn", [sg_align, sg_align_reference])

@@ -197,19 +197,18 @@ def sg_align_reference(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bo
     return out.view(R, bins, C).transpose(1, 2).to(x.dtype)
 
 
-def _project_weight(weight: torch.Tensor, channels: int, first: int, last: int) -> torch.Tensor:
+def _project_weight(weight: torch.Tensor, channels: int, bins: int, first: int, last: int) -> torch.Tensor:
     """weight (O, C*P) -> (C, (last-first)*O): the columns of bins first..last-1, laid out [c, bin, o]."""
     O = weight.shape[0]
-    bins = weight.shape[1] // channels
     return weight.view(O, channels, bins)[:, :, first:last].permute(1, 2, 0).reshape(channels, (last - first) * O)
 
 
 def _project_sources(x, x_ctx, weight, inner_bins, ctx_bins) -> torch.Tensor:
     """Z (B, P, T, O): bin p's 1x1-conv slice applied to its source (x for inner bins, x_ctx for context bins)."""
     B, C, T = x.shape
-    O = weight.shape[0]
-    z_in = x.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, 0, inner_bins)
-    z_ctx = x_ctx.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, inner_bins, inner_bins + ctx_bins)
+    O, P = weight.shape[0], inner_bins + ctx_bins
+    z_in = x.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, P, 0, inner_bins)
+    z_ctx = x_ctx.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, P, inner_bins, P)
     z = torch.cat([z_in.view(B, T, inner_bins, O), z_ctx.view(B, T, ctx_bins, O)], dim=2)
     return z.permute(0, 2, 1, 3)
 
@@ -365,7 +364,7 @@ class _SGAlignProjectFunction(torch.autograd.Function):
         grads = []
         for src, first, last in ((x, 0, inner_bins), (x_ctx, inner_bins, P)):
             gz_src = gz[:, first * O:last * O]
-            w = _project_weight(weight, C, first, last)
+            w = _project_weight(weight, C, P, first, last)
             gx = (gz_src @ w.t()).view(B, T, C).transpose(1, 2).contiguous()
             gw = (src.transpose(1, 2).reshape(B * T, C).t() @ gz_src).view(C, last - first, O)
             grads.append((gx, gw))
