@@ -38,8 +38,9 @@ def edge_rois(B, T, gen, n=40):
 
 
 def unfused(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, align=sg_align):
-    feats = torch.cat([align(x, rois, inner_bins), align(x_ctx, rois, ctx_bins)], 2)
-    return torch.nn.functional.linear(feats.flatten(1), weight, bias)
+    """G-TAD's way: concatenated bins (R, C, P) flattened to channels c*P + p, then a 1x1 conv over the ROIs."""
+    feats = torch.cat([align(x, rois, inner_bins), align(x_ctx, rois, ctx_bins)], 2).flatten(1)  # (R, C*P)
+    return torch.nn.functional.conv1d(feats.t()[None], weight[:, :, None], bias)[0].t()
 
 
 def project_inputs(B, C, T, O, gen, dtype=torch.float64, P=36):

@@ -350,7 +350,7 @@ class _SGAlignProjectFunction(torch.autograd.Function):
         ctx.save_for_backward(x, x_ctx, weight, *plan.tensors())
         z = _project_sources(x, x_ctx, weight, inner_bins, ctx_bins)  # (B, P, T, O)
         out = torch.ops.lofi.sg_align_gather(z, *plan.tensors(), plan.bins, True)
-        return out + bias if bias is not None else out
+        return out.add_(bias) if bias is not None else out  # out is a fresh tensor of ours
 
     @staticmethod
     @torch.autograd.function.once_differentiable
