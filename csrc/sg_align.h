@@ -31,8 +31,8 @@ constexpr double kMaxGrid = 1099511627776.0;  // 2^40
 LOFI_HD bool finite(double v) { return v - v == 0.0; }  // false for NaN and +-inf
 
 // Calls visit(lo, hi, w_lo, w_hi) for every in-range sample of bin p of the ROI [start, end] with `bins` bins over
-// `length` snippets; the weights already include the 1/g average. Visits at most about (T+2)*max(2, bins)+4
-// samples whatever the ROI, and none for a non-finite ROI.
+// `length` snippets; the weights already include the 1/g average. Checks a bounded number of candidate
+// samples whatever the ROI (about (T+2)*max(2, bins)+8), and none for a non-finite ROI.
 template <typename acc_t, typename Visit>
 LOFI_HD void for_each_sample(acc_t start, acc_t end, int64_t bins, int64_t p, int64_t length, Visit visit) {
   acc_t roi_len = end - start;
@@ -44,11 +44,11 @@ LOFI_HD void for_each_sample(acc_t start, acc_t end, int64_t bins, int64_t p, in
   // Closed-form bounds on the sample indices inside [-1, T] (then every sample is still checked exactly).
   const double step = static_cast<double>(bin) / static_cast<double>(grid);
   const double g = static_cast<double>(grid);
-  double first = floor((-1.0 - static_cast<double>(base)) / step - 0.5) - 1.0;
-  double last = ceil((static_cast<double>(length) - static_cast<double>(base)) / step - 0.5) + 1.0;
+  double first = floor((-1.0 - static_cast<double>(base)) / step - 0.5) - 2.0;  // margins: acc_t rounding
+  double last = ceil((static_cast<double>(length) - static_cast<double>(base)) / step - 0.5) + 2.0;
   first = first < 0.0 ? 0.0 : (first > g - 1.0 ? g - 1.0 : first);
   last = last < 0.0 ? 0.0 : (last > g - 1.0 ? g - 1.0 : last);
-  const double cap = (static_cast<double>(length) + 2.0) / step + 4.0;
+  const double cap = (static_cast<double>(length) + 2.0) / step + 6.0;
   if (last - first > cap) last = first + cap;
   const int64_t i0 = static_cast<int64_t>(first), i1 = static_cast<int64_t>(last);
   const acc_t inv_grid = acc_t(1) / grid;

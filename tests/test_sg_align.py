@@ -76,6 +76,19 @@ def test_reference_matches_torchvision_on_edge_rois_float32(seed):
         torch.testing.assert_close(sg_align(x, rois, bins), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_long_rois_match_torchvision(dtype, seed):
+    # windows far longer than T: thousands of samples per bin, only a few inside [-1, T]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 11, generator=gen, dtype=dtype)
+    rois = torch.tensor([[0, -1e5, 1e5], [1, -3e4 + 0.3, 50.7], [0, -0.5, 7.3e4], [1, 4.2, 2e3]], dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for bins in (1, 4, 32):
+        expected = torchvision_align(x, rois, bins)
+        torch.testing.assert_close(sg_align(x, rois, bins), expected, **tol)
+        torch.testing.assert_close(sg_align_reference(x, rois, bins), expected, **tol)
+
+
 def test_known_values_from_gtad():
     # G-TAD's own test case (REFERENCE.md §8)
     x = torch.arange(1, 11, dtype=torch.float64).view(1, 1, 10)

@@ -25,6 +25,7 @@ namespace {
 using at::Tensor;
 
 int64_t total_bins(at::IntArrayRef bins) {
+  TORCH_CHECK(!bins.empty(), "sg_align_plan: at least one bin group");
   int64_t P = 0;
   for (int64_t b : bins) {
     TORCH_CHECK(b >= 1, "sg_align_plan: bins must be >= 1, got ", b);
