@@ -187,17 +187,20 @@ def test_cpu_kernel_matches_reference(dtype, seed):
 
 
 @needs_kernel
-def test_plan_cache_follows_the_roi_tensor(seed):
+def test_plan_cache_follows_the_roi_values(seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, 10, generator=gen, dtype=torch.float64)
     rois = gtad_anchor_rois(2, 10, dtype=torch.float64)
     first = sg_align(x, rois, 4)
-    rois[:, 1:] += 0.25  # in-place edit bumps the version: the plan is rebuilt
+    plan = sampling_plan(rois, 10, 2, [4], True)
+    assert sampling_plan(rois.clone(), 10, 2, [4], True) is plan  # an equal copy hits
+    rois[:, 1:] += 0.25  # in-place edit: the plan is rebuilt
+    assert sampling_plan(rois, 10, 2, [4], True) is not plan
     torch.testing.assert_close(sg_align(x, rois, 4), sg_align_reference(x, rois, 4), rtol=0, atol=1e-12)
     assert not torch.allclose(first, sg_align(x, rois, 4))
-    cached = len(_PLAN_CACHE)
-    sg_align(x, gtad_anchor_rois(2, 10), 4)  # a temporary ROI tensor: its plan leaves the cache with it
-    assert len(_PLAN_CACHE) == cached
+    with torch.inference_mode():  # inference-mode plans are not kept (they could not be saved for backward)
+        sampling_plan(gtad_anchor_rois(2, 11), 11, 2, [4], False)
+    assert all(key[3] != 11 for key in _PLAN_CACHE)
 
 
 @needs_kernel

@@ -8,7 +8,7 @@ It equals ``torchvision.ops.roi_align(x[:, :, None], [b, start, 0, end, 1], (1, 
 
 Both ops are linear in their inputs, so each is a *sampling plan*: a sparse matrix whose row ``(roi, bin)`` holds the
 averaged interpolation weights over a contiguous run of snippets (REFERENCE.md §4.1 item 2). The compiled kernels
-(``torch.ops.lofi.sg_align_*``) build that plan once per ROI tensor (cached, see :func:`sampling_plan`) and apply it
+(``torch.ops.lofi.sg_align_*``) build that plan once per set of ROIs (cached, see :func:`sampling_plan`) and apply it
 as a sparse product. Backward applies its transpose without atomics, so gradients are deterministic (the only
 mode): CUDA sums over a transposed plan, one thread per input-gradient element; the CPU threads own channel blocks.
 The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
@@ -280,31 +280,37 @@ def _transpose_plan(plan: _Plan, num_batches: int, sources: int, length: int) ->
     return torch.searchsorted(key, bounds), row[order], plan.weight[order]
 
 
-_PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
-_PLAN_CACHE_SIZE = 8
+class _CacheEntry:
+    def __init__(self, rois: torch.Tensor, plan: _Plan):
+        self.rois = rois.detach().clone()  # the content the plan was built for (R x 3 numbers)
+        self.source, self.version = weakref.ref(rois), rois._version  # fast path: the very same, unmodified tensor
+        self.plan = plan
+
+
+_PLAN_CACHE: "collections.OrderedDict[tuple, _CacheEntry]" = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 4
 
 
 def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Sequence[int], double: bool) -> _Plan:
     """The compiled sampling plan of ``rois`` over T=``length`` snippets and B=``num_batches`` videos for the
     concatenated bin groups ``bins`` (e.g. [32, 4]); positions and weights in float64 when ``double``, else float32.
 
-    Cached (8 entries, least recently used out) while the same ROI tensor object is alive and unmodified
-    (``rois._version``), so G-TAD's fixed anchor tensor is planned once per T; any other ROIs are planned per call.
+    Cached by content (4 entries, least recently used out), so G-TAD's anchors are planned once per (B, T) even when
+    the caller rebuilds the ROI tensor every step. The same unmodified tensor object hits without looking at the
+    values; an equal copy costs one comparison (a host sync on CUDA). Plans made under inference mode are not kept.
     """
     bins = [int(b) for b in bins]
-    try:
-        version = rois._version
-    except RuntimeError:  # inference tensors have no version counter: plan without caching
-        version = None
-    key = (id(rois), version, rois.device, length, num_batches, tuple(bins), double)
-    hit = _PLAN_CACHE.get(key) if version is not None else None
-    if hit is not None and hit[0]() is rois:
-        _PLAN_CACHE.move_to_end(key)
-        return hit[1]
+    key = (tuple(rois.shape), rois.dtype, rois.device, length, num_batches, tuple(bins), double)
+    entry = _PLAN_CACHE.get(key)
+    if entry is not None:
+        same = entry.source() is rois and not rois.is_inference() and rois._version == entry.version
+        if same or torch.equal(entry.rois, rois):
+            _PLAN_CACHE.move_to_end(key)
+            return entry.plan
     plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, bins, double)), sum(bins))
-    if version is not None:
-        # the entry goes when the ROI tensor does, so per-step ROIs never pile up plans
-        _PLAN_CACHE[key] = (weakref.ref(rois, lambda _, k=key: _PLAN_CACHE.pop(k, None)), plan)
+    if not torch.is_inference_mode_enabled() and not rois.is_inference():
+        _PLAN_CACHE[key] = _CacheEntry(rois, plan)
+        _PLAN_CACHE.move_to_end(key)
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
             _PLAN_CACHE.popitem(last=False)
     return plan
