@@ -59,14 +59,16 @@ class OptimConfig:
 
 @dataclass
 class SyntheticConfig:
-    """The synthetic benchmark that the demo builds into data.shards / data.clip_shards when they are missing."""
+    """The synthetic benchmark (lofi.data.synthetic) that is built into data.shards / data.clip_shards when they are
+    missing and ``build`` is true: a preset with optional overrides (None keeps the preset's value)."""
     build: bool = False
+    preset: str = "demo"
     seed: int = 0
-    num_videos: int = 64
-    num_classes: int = 4
-    size: int = 64
-    num_clips: int = 96
+    num_videos: Optional[int] = None
+    num_classes: Optional[int] = None
+    num_clips: Optional[int] = None
     fps: int = 15
+    short_side: int = 128
 
 
 @dataclass
@@ -123,10 +125,10 @@ class HeadStageConfig:
                                                                    step_size=5, gamma=0.1))
     lr_search: List[float] = field(default_factory=list)
     features: Optional[str] = None
+    feature_layout: Literal["TC", "CT"] = "TC"
     annotations: Optional[str] = None
     cache_dir: Optional[str] = None
     cache_shard_size: int = 64
-    classifier_lr: float = 1e-3
 
 
 @dataclass
@@ -399,6 +401,9 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     for name in ("r_s", "st_r_s"):
         if getattr(sch, name) < 1:
             errors.append(f"lofi.schedule.{name}: a spatial reduction must be ≥ 1, got {getattr(sch, name)}")
+    if sch.mode == "full" and "lofi" in stages:
+        errors.append("lofi.schedule.mode: the lofi stage never trains at the full fidelity; choose s, t, st, "
+                      "short_cycle or long_cycle")
     uses_t = sch.mode in ("t", "short_cycle", "long_cycle")
     uses_st = sch.mode in ("st", "short_cycle", "long_cycle")
     if uses_t and sch.r_t > 0 and cfg.fidelity.L % sch.r_t:
@@ -415,7 +420,6 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     for i, lr in enumerate(cfg.head.lr_search):
         _positive(errors, f"head.lr_search[{i}]", lr)
     _positive(errors, "head.cache_shard_size", cfg.head.cache_shard_size)
-    _positive(errors, "head.classifier_lr", cfg.head.classifier_lr)
     _positive(errors, "lofi.memory_budget_gib", cfg.lofi.memory_budget_gib)
     _check_batch(errors, "lofi.auto_global_batch", cfg.lofi.auto_global_batch, world_size)
     _positive(errors, "postprocess.sigma", cfg.postprocess.sigma)
