@@ -1,0 +1,1 @@
+"""Video data: annotation parsing, shard packing, the synthetic benchmark and the streaming reader."""

@@ -1,0 +1,428 @@
+"""Soft-NMS: the reference against a literal G-TAD-style loop, the public API (kernels) against the reference."""
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import lofi.ops
+from lofi.ops import batched_soft_nms, batched_soft_nms_reference, soft_nms, soft_nms_reference
+
+NEAR_TIE = 1e-6  # relative score gap within which implementations may pick different candidates (issue 2)
+METHODS = ("gaussian", "linear", "hard")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Oracles written independently of lofi.ops.soft_nms
+
+
+def gtad_style_soft_nms(segments, scores, sigma, top_k):
+    """G-TAD's Soft_NMS loop (gtad_postprocess.py) in Python floats, with the issue's fixes: no sort (so max() ties go
+    to the lowest index), the last remaining candidate is emitted too, and a union <= 0 gives IoU 0."""
+
+    def iou(s1, e1, s2, e2):
+        if s2 > e1 or s1 > e2:
+            return 0.0
+        union = max(e1, e2) - min(s1, s2)
+        return (min(e1, e2) - max(s1, s2)) / union if union > 0 else 0.0
+
+    tstart = [float(s) for s, _ in segments]
+    tend = [float(e) for _, e in segments]
+    tscore = [float(s) for s in scores]
+    tindex = list(range(len(tscore)))
+    rindex, rscore = [], []
+    while len(tscore) > 0 and len(rscore) < top_k and max(tscore) > 0:
+        max_index = tscore.index(max(tscore))
+        for idx in range(len(tscore)):
+            if idx != max_index:
+                tmp_iou = iou(tstart[max_index], tend[max_index], tstart[idx], tend[idx])
+                if tmp_iou > 0:
+                    tscore[idx] = tscore[idx] * math.exp(-tmp_iou * tmp_iou / sigma)
+        rindex.append(tindex.pop(max_index))
+        rscore.append(tscore.pop(max_index))
+        tstart.pop(max_index)
+        tend.pop(max_index)
+    return rindex, rscore
+
+
+def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou_threshold, num_valid=None):
+    """Replays soft-NMS in NumPy float64 along the picks in ``idx`` (B, top_k) and asserts that each pick was the
+    best remaining candidate, or within NEAR_TIE relative of it (the only allowed divergence), that each emitted score
+    equals the replayed decayed score up to rounding in the output dtype, that the run stops only when nothing positive
+    remains, and that the padding is -1 / 0. Returns how many picks were near-tie deviations from the lowest-index
+    argmax."""
+    seg = segments.detach().cpu().double().numpy()
+    sc = scores.detach().cpu().double().numpy()
+    idx = idx.cpu().numpy()
+    out = out.cpu()
+    assert idx.shape == (sc.shape[0], top_k) and out.shape == idx.shape and out.dtype == scores.dtype
+    rtol = 1e-12 if scores.dtype == torch.float64 else 2 * torch.finfo(scores.dtype).eps
+    deviations = 0
+    for b in range(sc.shape[0]):
+        n = sc.shape[1] if num_valid is None else int(num_valid[b])
+        starts, ends = seg[b, :n, 0], seg[b, :n, 1]
+        lengths = ends - starts
+        cur = sc[b, :n].copy()
+        alive = cur > 0
+        for k in range(top_k):
+            i = int(idx[b, k])
+            if i < 0:
+                assert not alive.any(), f"video {b} stopped after {k} picks with {alive.sum()} positive candidates left"
+                assert (idx[b, k:] == -1).all() and (out[b, k:] == 0).all()
+                break
+            assert i < n and alive[i], f"video {b} pick {k}: index {i} is not a remaining positive candidate"
+            best = cur[alive].max()
+            assert cur[i] >= best - NEAR_TIE * abs(best), f"video {b} pick {k}: {i} ({cur[i]}) is not the best ({best})"
+            first = int(np.flatnonzero(alive & (cur == best))[0])
+            deviations += int(i != first)
+            expected = torch.tensor(cur[i], dtype=torch.float64).to(scores.dtype)
+            torch.testing.assert_close(out[b, k], expected, rtol=rtol, atol=0)
+            alive[i] = False
+            inter = np.maximum(np.minimum(ends, ends[i]) - np.maximum(starts, starts[i]), 0)
+            union = (lengths + (ends[i] - starts[i])) - inter
+            iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
+            if method == "gaussian":
+                weight = np.exp(-(iou * iou) / sigma)
+            elif method == "linear":
+                weight = np.where(iou >= iou_threshold, 1 - iou, 1)
+            else:
+                weight = np.where(iou >= iou_threshold, 0.0, 1.0)
+            cur = cur * weight
+            alive &= cur > 0
+    return deviations
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def random_inputs(gen, b, n, dtype=torch.float64, grid=False, quantize=False):
+    """Random segments in [0, 1] (on a 1/16 grid when ``grid``: exact IoUs, duplicates, zero lengths) and scores in
+    (0, 1] (multiples of 0.125 when ``quantize``: exact ties), some non-positive."""
+    if grid:
+        pts = torch.randint(0, 17, (b, n, 2), generator=gen).to(dtype) / 16
+    else:
+        pts = torch.rand(b, n, 2, generator=gen, dtype=dtype)
+    segments = torch.sort(pts, dim=-1).values
+    if quantize:
+        scores = torch.randint(-1, 9, (b, n), generator=gen).to(dtype) / 8
+    else:
+        scores = torch.rand(b, n, generator=gen, dtype=dtype) * 1.1 - 0.1
+    return segments, scores
+
+
+def map_inputs(gen, b, t, dtype=torch.float32):
+    """All T(T+1)/2 anchors [s, e]/T of a G-TAD map with smooth scores: IoU with a few ground-truth segments times a
+    smooth random confidence, as G-TAD's cls x reg."""
+    s, e = torch.triu_indices(t + 1, t + 1, offset=1)
+    segments = (torch.stack([s, e], -1).to(torch.float64) / t).expand(b, -1, -1)
+    gt = torch.sort(torch.rand(b, 3, 2, generator=gen, dtype=torch.float64), dim=-1).values
+    inter = (torch.minimum(segments[:, :, None, 1], gt[:, None, :, 1])
+             - torch.maximum(segments[:, :, None, 0], gt[:, None, :, 0])).clamp_min(0)
+    union = (segments[..., 1] - segments[..., 0])[:, :, None] + (gt[..., 1] - gt[..., 0])[:, None] - inter
+    reg = (inter / union).amax(-1)
+    cls = torch.sigmoid(4 * torch.sin(segments[..., 0] * torch.rand(b, 1, generator=gen, dtype=torch.float64) * 9))
+    return segments.contiguous().to(dtype), (reg * cls).to(dtype)
+
+
+def kernel_devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The reference: G-TAD semantics
+
+
+@pytest.mark.parametrize("n,top_k,sigma", [(1, 100, 0.8), (7, 3, 0.84), (60, 100, 0.8), (200, 50, 0.3)])
+def test_reference_matches_gtad_loop(seed, n, top_k, sigma):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        segments, scores = random_inputs(gen, 1, n)
+        ref_idx, ref_scores = soft_nms_reference(segments[0], scores[0], sigma=sigma, top_k=top_k)
+        idx, out = gtad_style_soft_nms(segments[0].tolist(), scores[0].tolist(), sigma, top_k)
+        assert ref_idx.tolist() == idx
+        torch.testing.assert_close(ref_scores, torch.tensor(out, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_reference_matches_gtad_loop_on_grid_with_ties(seed):
+    # Segments on a 1/16 grid: the hull and the sum-minus-intersection unions are both exact, so ties stay exact.
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 1, 80, grid=True, quantize=True)
+    ref_idx, ref_scores = soft_nms_reference(segments[0], scores[0], sigma=0.8, top_k=100)
+    idx, out = gtad_style_soft_nms(segments[0].tolist(), scores[0].tolist(), 0.8, 100)
+    assert ref_idx.tolist() == idx
+    torch.testing.assert_close(ref_scores, torch.tensor(out, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_checker_rejects_a_wrong_order(seed):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = map_inputs(gen, 1, 30, torch.float64)
+    idx, out = batched_soft_nms_reference(segments, scores, top_k=20)
+    assert assert_valid_selection(segments, scores, idx, out, 0.8, 20, "gaussian", 0.5) == 0
+    swapped = idx.clone()
+    swapped[0, [3, 4]] = idx[0, [4, 3]]
+    with pytest.raises(AssertionError):
+        assert_valid_selection(segments, scores, swapped, out, 0.8, 20, "gaussian", 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Hand-checked cases, through the public API (the kernel where built) and the reference
+
+APIS = [pytest.param((soft_nms, batched_soft_nms), id="api"),
+        pytest.param((soft_nms_reference, batched_soft_nms_reference), id="reference")]
+
+
+@pytest.mark.parametrize("apis", APIS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hand_computed_methods(apis, dtype):
+    single, _ = apis
+    segments = torch.tensor([[0, 10], [0, 5], [2, 12], [20, 30]], dtype=dtype)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=dtype)
+    idx, out = single(segments, scores, method="hard", iou_threshold=0.5)
+    assert idx.tolist() == [0, 3] and out.dtype == dtype
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.6], dtype=dtype))
+    idx, out = single(segments, scores, method="linear", iou_threshold=0.5)
+    assert idx.tolist() == [0, 3, 1, 2]  # [0,5] vs [2,12]: IoU 0.25 < 0.5, no further decay
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.6, 0.4, 0.7 / 3], dtype=dtype))
+    idx, out = single(segments, scores, sigma=0.5, top_k=3)
+    assert idx.tolist() == [0, 3, 1]  # after the first pick: 0.6 > 0.8·exp(-0.5²/0.5) = 0.485 > 0.7·exp(-(2/3)²/0.5)
+    torch.testing.assert_close(out, torch.tensor([0.9, 0.6, 0.8 * math.exp(-0.25 / 0.5)], dtype=dtype))
+
+
+@pytest.mark.parametrize("apis", APIS)
+def test_ties_go_to_the_lowest_index(apis):
+    single, _ = apis
+    # Identical segments, equal scores: each pick decays the rest equally, so every step is an exact tie.
+    segments = torch.tensor([[0.2, 0.6]] * 6, dtype=torch.float32)
+    idx, out = single(segments, torch.full((6,), 0.5), sigma=0.8)
+    assert idx.tolist() == list(range(6))
+    torch.testing.assert_close(out, 0.5 * torch.exp(-torch.arange(6.0) / 0.8))
+    # Two disjoint clusters with tied scores: picks alternate between them, lowest index first.
+    segments = torch.tensor([[0.5, 0.6], [0.0, 0.1], [0.5, 0.6], [0.0, 0.1]])
+    idx, _ = single(segments, torch.ones(4))
+    assert idx.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("apis", APIS)
+def test_zero_length_segments_overlap_nothing(apis):
+    single, _ = apis
+    segments = torch.tensor([[0.3, 0.3], [0.3, 0.3], [0.1, 0.5], [0.4, 0.2], [0.3, 0.3]], dtype=torch.float64)
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.8, 0.5], dtype=torch.float64)
+    idx, out = single(segments, scores)
+    assert idx.tolist() == [1, 3, 2, 0, 4]  # nothing decays: sorted by score, ties by index
+    torch.testing.assert_close(out, scores[idx], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("apis", APIS)
+def test_fewer_candidates_than_top_k_and_last_one_is_emitted(apis):
+    single, batched = apis
+    idx, out = single(torch.tensor([[0.0, 1.0]]), torch.tensor([0.25]))
+    assert idx.tolist() == [0] and out.tolist() == [0.25]  # G-TAD's loop would emit nothing here
+    segments = torch.tensor([[[0.0, 0.4], [0.5, 0.9], [0.1, 0.3]]])
+    scores = torch.tensor([[0.3, 0.6, 0.2]])
+    idx, out = batched(segments, scores, top_k=5)
+    assert idx.tolist() == [[1, 0, 2, -1, -1]] and out.shape == (1, 5) and (out[0, 3:] == 0).all()
+
+
+@pytest.mark.parametrize("apis", APIS)
+def test_non_positive_scores_are_never_emitted(apis):
+    single, _ = apis
+    segments = torch.tensor([[0.0, 0.5], [0.0, 0.5], [0.6, 0.7], [0.8, 0.9]])
+    idx, out = single(segments, torch.tensor([0.7, 0.6, 0.0, -0.5]), method="hard", iou_threshold=0.9)
+    assert idx.tolist() == [0] and out.tolist() == [pytest.approx(0.7)]
+
+
+@pytest.mark.parametrize("apis", APIS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_empty_inputs(apis, dtype):
+    single, batched = apis
+    idx, out = single(torch.zeros(0, 2, dtype=dtype), torch.zeros(0, dtype=dtype))
+    assert idx.shape == (0,) and idx.dtype == torch.int64 and out.shape == (0,) and out.dtype == dtype
+    idx, out = batched(torch.zeros(3, 0, 2, dtype=dtype), torch.zeros(3, 0, dtype=dtype), top_k=4)
+    assert idx.tolist() == [[-1] * 4] * 3 and out.shape == (3, 4) and not out.any()
+    idx, out = batched(torch.zeros(0, 5, 2, dtype=dtype), torch.zeros(0, 5, dtype=dtype), top_k=4)
+    assert idx.shape == (0, 4) and out.shape == (0, 4)
+
+
+@pytest.mark.parametrize("apis", APIS)
+def test_num_valid_ignores_padding(apis, seed):
+    single, batched = apis
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 4, 50, torch.float32)
+    num_valid = torch.tensor([50, 17, 0, 1], dtype=torch.int32)
+    padded_scores = scores.clone()
+    for b, n in enumerate(num_valid.tolist()):
+        padded_scores[b, n:] = 10.0  # padding that would win every pick if it counted
+    idx, out = batched(segments, padded_scores, num_valid, top_k=30)
+    for b, n in enumerate(num_valid.tolist()):
+        ref_idx, ref_out = single(segments[b, :n], scores[b, :n], top_k=30)
+        k = len(ref_idx)
+        assert idx[b, :k].tolist() == ref_idx.tolist() and (idx[b, k:] == -1).all()
+        torch.testing.assert_close(out[b, :k], ref_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def _bad_cases():
+    seg, sc = torch.rand(5, 2), torch.rand(5)
+    bseg, bsc = torch.rand(2, 5, 2), torch.rand(2, 5)
+    nan_seg = seg.clone()
+    nan_seg[1, 0] = math.nan
+    inf_sc = sc.clone()
+    inf_sc[2] = math.inf
+    return [
+        (soft_nms, (seg[None], sc), {}, "segments"),
+        (soft_nms, (seg[:, :1], sc), {}, "segments"),
+        (soft_nms, (seg, sc[:4]), {}, "scores"),
+        (soft_nms, (seg.half(), sc.half()), {}, "segments"),
+        (soft_nms, (seg.long(), sc), {}, "segments"),
+        (soft_nms, (seg, sc.double()), {}, "dtype"),
+        (soft_nms, (seg.tolist(), sc), {}, "segments"),
+        (soft_nms, (nan_seg, sc), {}, "segments contains NaN"),
+        (soft_nms, (seg, inf_sc), {}, "scores contains NaN or inf"),
+        (soft_nms, (seg, sc), {"top_k": 0}, "top_k"),
+        (soft_nms, (seg, sc), {"top_k": 2.0}, "top_k"),
+        (soft_nms, (seg, sc), {"sigma": 0.0}, "sigma"),
+        (soft_nms, (seg, sc), {"sigma": -1}, "sigma"),
+        (soft_nms, (seg, sc), {"sigma": math.inf}, "sigma"),
+        (soft_nms, (seg, sc), {"method": "soft"}, "method"),
+        (soft_nms, (seg, sc), {"iou_threshold": math.nan}, "iou_threshold"),
+        (batched_soft_nms, (seg, sc), {}, "segments"),
+        (batched_soft_nms, (bseg, bsc[0]), {}, "scores"),
+        (batched_soft_nms, (bseg, bsc, torch.tensor([5])), {}, "num_valid"),
+        (batched_soft_nms, (bseg, bsc, torch.tensor([5.0, 1.0])), {}, "num_valid"),
+        (batched_soft_nms, (bseg, bsc, torch.tensor([6, 1])), {}, "num_valid"),
+        (batched_soft_nms, (bseg, bsc, torch.tensor([-1, 1])), {}, "num_valid"),
+        (batched_soft_nms, (bseg, bsc), {"top_k": -3}, "top_k"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases())))
+@pytest.mark.parametrize("reference", [False, True])
+def test_bad_input_raises_naming_the_argument(case, reference):
+    fn, args, kwargs, words = _bad_cases()[case]
+    if reference:
+        fn = {soft_nms: soft_nms_reference, batched_soft_nms: batched_soft_nms_reference}[fn]
+    with pytest.raises(ValueError, match=words):
+        fn(*args, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
+def test_bad_device_raises():
+    with pytest.raises(ValueError, match="scores is on"):
+        soft_nms(torch.rand(5, 2), torch.rand(5, device="cuda"))
+    with pytest.raises(ValueError, match="num_valid is on"):
+        batched_soft_nms(torch.rand(1, 5, 2), torch.rand(1, 5), torch.tensor([5], device="cuda"))
+
+
+def test_check_false_skips_the_finite_checks_and_stays_in_bounds(seed):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 3, 40, torch.float32)
+    segments[0, 3, 1] = math.nan
+    segments[1, 5] = torch.tensor([-math.inf, math.inf])
+    scores[0, 7] = math.nan
+    scores[1, 9] = math.inf
+    scores[2, 11] = -math.inf
+    num_valid = torch.tensor([40, 100, -5])  # out of range: clamped to [0, N]
+    for fn in (batched_soft_nms, batched_soft_nms_reference):
+        idx, out = fn(segments, scores, num_valid, top_k=50, method="hard", check=False)
+        assert ((idx >= -1) & (idx < 40)).all() and (idx[2] == -1).all()
+        assert idx[1, 0] == 9 and out[1, 0] == math.inf  # +inf wins, then zeroes what it overlaps (inf*0 = NaN dies)
+    ref = batched_soft_nms_reference(segments, scores, num_valid, top_k=50, method="hard", check=False)
+    got = batched_soft_nms(segments, scores, num_valid, top_k=50, method="hard", check=False)
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])
+
+
+def test_fallback_without_extension():
+    code = (
+        "import torch\n"
+        "from lofi.ops import soft_nms, soft_nms_reference, extension\n"
+        "g = torch.Generator().manual_seed(0); seg = torch.sort(torch.rand(30, 2, generator=g)).values\n"
+        "sc = torch.rand(30, generator=g); got = soft_nms(seg, sc, top_k=10)\n"
+        "ref = soft_nms_reference(seg, sc, top_k=10)\n"
+        "assert not extension.available()\n"
+        "assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]) and len(got[0]) == 10\n"
+        "print('ok')"
+    )
+    env = dict(os.environ, LOFI_DISABLE_EXTENSION="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Kernels against the reference (random inputs, fresh seeds)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_matches_reference_on_random_inputs(seed, method, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    for grid, quantize, n, top_k in [(False, False, 300, 100), (True, True, 300, 100), (True, False, 40, 100),
+                                     (False, True, 500, 7)]:
+        segments, scores = random_inputs(gen, 5, n, dtype, grid=grid, quantize=quantize)
+        num_valid = torch.randint(0, n + 1, (5,), generator=gen)
+        for device in kernel_devices():
+            idx, out = batched_soft_nms(segments.to(device), scores.to(device), num_valid.to(device), sigma=0.5,
+                                        top_k=top_k, method=method, iou_threshold=0.4)
+            assert idx.device.type == device and out.device.type == device
+            assert_valid_selection(segments, scores, idx, out, 0.5, top_k, method, 0.4, num_valid)
+        ref_idx, ref_out = batched_soft_nms_reference(segments, scores, num_valid, 0.5, top_k, method, 0.4)
+        assert_valid_selection(segments, scores, ref_idx, ref_out, 0.5, top_k, method, 0.4, num_valid)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_matches_reference_on_gtad_maps(seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = map_inputs(gen, 4, 100, dtype)  # 5050 anchors per video, as in G-TAD on ActivityNet
+    ref_idx, ref_out = batched_soft_nms_reference(segments, scores, sigma=0.8, top_k=100)
+    idx, out = batched_soft_nms(segments, scores, sigma=0.8, top_k=100)
+    assert (ref_idx[:, -1] >= 0).all()
+    same = (idx == ref_idx).all(1)
+    torch.testing.assert_close(out[same], ref_out[same], rtol=2 * torch.finfo(dtype).eps, atol=0)
+    assert_valid_selection(segments, scores, idx, out, 0.8, 100, "gaussian", 0.5)
+    single_idx, single_out = soft_nms(segments[1], scores[1], sigma=0.8, top_k=100)
+    assert torch.equal(single_idx, idx[1]) and torch.equal(single_out, out[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CUDA against the CPU kernel
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(seed, method, dtype):
+    assert lofi.ops.cuda_compiled()
+    gen = torch.Generator().manual_seed(seed)
+    cases = [map_inputs(gen, 16, 100, dtype) + (None,)]
+    segments, scores = random_inputs(gen, 33, 2000, dtype, grid=True, quantize=True)
+    cases.append((segments, scores, torch.randint(0, 2001, (33,), generator=gen)))
+    for segments, scores, num_valid in cases:
+        cpu = batched_soft_nms(segments, scores, num_valid, sigma=0.8, top_k=100, method=method)
+        nv = None if num_valid is None else num_valid.cuda()
+        gpu = batched_soft_nms(segments.cuda(), scores.cuda(), nv, sigma=0.8, top_k=100, method=method)
+        assert_valid_selection(segments, scores, gpu[0], gpu[1], 0.8, 100, method, 0.5, num_valid)
+        same = (gpu[0].cpu() == cpu[0]).all(1)
+        assert same.float().mean() > 0.9  # divergence needs a near tie
+        torch.testing.assert_close(gpu[1].cpu()[same], cpu[1][same], rtol=2 * torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_edge_cases():
+    idx, out = soft_nms(torch.zeros(0, 2, device="cuda"), torch.zeros(0, device="cuda"))
+    assert idx.shape == (0,) and idx.is_cuda
+    segments = torch.tensor([[0.2, 0.6]] * 6, device="cuda")
+    idx, out = soft_nms(segments, torch.full((6,), 0.5, device="cuda"))
+    assert idx.tolist() == list(range(6))
+    segments = torch.rand(2, 3000, 2, device="cuda").sort(-1).values
+    scores = torch.rand(2, 3000, device="cuda")
+    scores[0, 5] = math.nan
+    idx, out = batched_soft_nms(segments, scores, torch.tensor([3000, 7000], device="cuda"), top_k=300, check=False)
+    assert ((idx >= -1) & (idx < 3000)).all()
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        batched_soft_nms(segments, scores)
