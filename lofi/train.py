@@ -36,30 +36,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_synthetic(cfg: Config, log: RunLogger) -> None:
-    """Builds the synthetic benchmark's videos and shards into data.shards / data.clip_shards when missing."""
+def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None:
+    """Builds the synthetic benchmark's shards that ``stages`` need and that are missing: data.clip_shards (acp)
+    and data.shards (the other stages, unless head.features replaces them). Existing shards are never touched."""
     from lofi.data.packing import make_shards
     from lofi.data.synthetic import make_synthetic
     syn = cfg.data.synthetic
-    targets = [Path(cfg.data.shards)] + ([Path(cfg.data.clip_shards)] if cfg.data.clip_shards else [])
-    if all((t / "manifest.json").is_file() for t in targets):
+    needed = []
+    if "acp" in stages and cfg.data.clip_shards:
+        needed.append(("clips", "clip_list", "clips", cfg.data.clip_shards))
+    if set(stages) - {"acp"} and not cfg.head.features:
+        needed.append(("videos", "annotations", "activitynet", cfg.data.shards))
+    needed = [n for n in needed if not (Path(n[3]) / "manifest.json").is_file()]
+    if not needed:
         return
     raw = Path(cfg.data.shards).parent / f".{Path(cfg.data.shards).name}-videos"
     overrides = {k: getattr(syn, k) for k in ("num_videos", "num_classes", "num_clips") if getattr(syn, k) is not None}
     log.info(f"building the synthetic benchmark (preset {syn.preset!r}, seed {syn.seed}, {overrides or 'defaults'}) "
-             f"into {cfg.data.shards}" + (f" and {cfg.data.clip_shards}" if cfg.data.clip_shards else ""))
+             f"into {', '.join(n[3] for n in needed)}")
     paths = make_synthetic(raw, syn.preset, seed=syn.seed, progress=cfg.log.progress, **overrides)
-    make_shards(paths["videos"], paths["annotations"], cfg.data.shards, fmt="activitynet", fps=syn.fps,
-                short_side=syn.short_side, progress=cfg.log.progress)
-    if cfg.data.clip_shards:
-        make_shards(paths["clips"], paths["clip_list"], cfg.data.clip_shards, fmt="clips", fps=syn.fps,
-                    short_side=syn.short_side, progress=cfg.log.progress)
+    for videos, annotations, fmt, out in needed:
+        make_shards(paths[videos], paths[annotations], out, fmt=fmt, fps=syn.fps, short_side=syn.short_side,
+                    progress=cfg.log.progress)
 
 
-def set_determinism(cfg: Config) -> None:
-    """Seeds, and deterministic kernels where torch has them (warn-only for the rest)."""
+def set_determinism(cfg: Config, device: torch.device) -> None:
+    """Seeds, and on CUDA deterministic kernels where torch has them (warn-only for the rest: e.g. some scatter and
+    pooling backward kernels stay nondeterministic). The CPU kernels used here are deterministic already."""
     torch.manual_seed(cfg.seed)
-    if cfg.deterministic:
+    if cfg.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -79,7 +84,7 @@ def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo)
     if info.is_main:
         (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if cfg.data.synthetic.build:
-            ensure_synthetic(cfg, log)
+            ensure_synthetic(cfg, stages, log)
     D.barrier()
     log.info(f"run {cfg.name}: stages {' → '.join(stages)}; {info.world_size} process(es) on {info.device}; "
              f"outputs in {cfg.run_dir}")
@@ -118,8 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume not in (None, "auto") and stages is None:
         print("lofi.train: --resume PATH needs a single --stage (use --resume auto with --stage all)", file=sys.stderr)
         return 2
-    set_determinism(cfg)
     info = D.init(cfg.device)
+    set_determinism(cfg, info.device)
     try:
         run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)
     finally:

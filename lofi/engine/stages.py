@@ -424,7 +424,7 @@ def run_head(ctx: Context) -> Path:
     path = ctx.run_dir / "model.pt"
     if info.is_main:
         head_state = load(best_dir / "best.pt")["models"]["model"]
-        atomic_save({"encoder": load(encoder_path), "encoder_name": cfg.model.encoder, "head": head_state,
+        atomic_save({"encoder": make_encoder(cfg, encoder_path).state_dict(), "encoder_name": cfg.model.encoder, "head": head_state,
                      "in_dim": in_dim, "classes": classes, "config": to_dict(cfg), "lr": best_lr,
                      "val_average_mAP": best_map}, path)
         ctx.log.metrics("head", {"lr": best_lr, "val_average_mAP": best_map,
