@@ -24,8 +24,10 @@ TINY = ["fidelity.L=8", "fidelity.T=2", "fidelity.size=32", "data.num_workers=0"
         "stages=[acp, acp+, lofi, head, eval]", "eval.num_timelines=2"]
 
 
-def train(tmp, shards, *args, check=True, wrapper=()):
-    cmd = [sys.executable, *wrapper, "-m", "lofi.train", f"data.shards={shards}", f"data.clip_shards={shards}/clips",
+def train(tmp, shards, *args, check=True, wrapper=(), nproc=0):
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", "localhost:0"] if nproc else []
+    cmd = [sys.executable, *wrapper, *launch, "-m", "lofi.train", f"data.shards={shards}", f"data.clip_shards={shards}/clips",
            f"work_dir={tmp}", "data.synthetic.build=false", *TINY, *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -138,6 +140,17 @@ def test_external_npy_features(tiny_run, tiny_shards, tmp_path):
           f"head.annotations={tmp_path / 'gt.json'}", "head.epochs=1", "data.shards=/nonexistent")
     metrics = json.loads((tmp_path / "w" / "demo" / "metrics.json").read_text())
     assert 0 <= metrics["head"]["val_average_mAP"] <= 1
+
+
+def test_two_process_gloo_lofi_stage(tiny_run, tiny_shards, tmp_path):
+    # torchrun with 2 CPU processes (gloo): the reader splits the shards per rank, DDP averages the gradients.
+    run_dir, _ = tiny_run
+    proc = train(tmp_path, tiny_shards, "--stage", "lofi", "lofi.epochs=1", f"model.weights={run_dir / 'acp' / 'encoder.pt'}",
+                 nproc=2)
+    assert "2 process(es)" in proc.stdout and "global batch 2 = 2 process(es) × 1 videos" in proc.stdout
+    state = torch.load(tmp_path / "demo" / "lofi" / "last.pt", weights_only=False)
+    assert state["position"] == {"epoch": 1, "iteration": 0, "done": True}
+    assert all(torch.isfinite(v).all() for v in state["models"]["model"].values() if v.is_floating_point())
 
 
 def test_config_error_exits_before_running(tmp_path, tiny_shards):
