@@ -52,7 +52,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k}={v}" for k, v in paths.items()))
     if args.shards:
         common = dict(fps=cfg.fps, short_side=min(cfg.size), codec=args.codec, workers=args.workers,
-                      progress=not args.quiet, strict=True)
+                      progress=not args.quiet, strict=True, classes=cfg.classes)
         make_shards(paths["videos"], paths["annotations"], args.shards, shard_size=args.shard_size, **common)
         make_shards(paths["clips"], paths["clip_list"], args.shards.rstrip("/") + "-clips", fmt="clips",
                     shard_size=8 * args.shard_size, **common)

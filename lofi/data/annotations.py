@@ -3,16 +3,18 @@
 Three input formats are read:
 
 * ``"activitynet"``: ActivityNet v1.3 / HACS JSON,
-  ``{"database": {video_id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``.
-  A ``v_`` prefix on ids is removed (ids never carry it here).
+  ``{"database": {video_id: {"subset", "duration", "annotations": [{"segment": [s, e], "label"}]}}}``, optionally with
+  a top-level ``"classes"`` list that fixes the class index (the synthetic benchmark writes one).
+  Ids are kept verbatim (the files use YouTube ids without a ``v_`` prefix; a few real ids begin with ``v_``).
 * ``"thumos"``: THUMOS14-style JSON (the layout ActionFormer/OpenTAD ship): the same ``database`` layout, where the
-  subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the class
-  index), a segment may be given only in frames as ``"segment(frames)"`` (converted with the video's ``"fps"``), and
-  ``"Ambiguous"`` segments are dropped (THUMOS evaluation ignores them).
+  subset is ``"Validation"``/``"Test"`` (lower-cased here), annotations may carry ``label_id`` (then it defines the
+  class index), a segment may be given only in frames as ``"segment(frames)"`` (converted with the video's ``"fps"``),
+  and ``"Ambiguous"`` segments are dropped (THUMOS evaluation ignores them).
 * ``"clips"``: a Kinetics-style clip list, CSV with a header or JSON (a list of objects, or ``{"clips": [...]}``), with
-  the fields ``video, start, end, label, split`` (Kinetics' own names ``youtube_id, time_start, time_end`` are accepted).
-  ``start``/``end`` (seconds) may be empty: the clip is then the whole file. Splits ``train``/``val``/``test`` become
-  ``training``/``validation``/``testing``.
+  the fields ``video, start, end, label, split`` (Kinetics' own names ``youtube_id, time_start, time_end`` are
+  accepted). ``start``/``end`` (seconds) may be empty: the clip is then the whole file. Splits
+  ``train``/``val``/``test`` become ``training``/``validation``/``testing``. A clip's id is ``VIDEO_SSSSSS_EEEEEE``
+  (Kinetics' file naming; an existing file of that name is used whole), or ``VIDEO`` for a whole file.
 
 Every format becomes a list of :class:`VideoRecord`; times are seconds. Malformed input raises
 :class:`AnnotationError` naming the file, the video id and the field.
@@ -51,7 +53,7 @@ class Segment:
 class VideoRecord:
     """One sample to pack.
 
-    ``id``: sample id (no ``v_`` prefix); ``video``: the source file's stem (the id, or the clip list's ``video``);
+    ``id``: sample id; ``video``: the source file's stem (the id, or the clip list's ``video``);
     ``subset``: split name; ``annotations``: segments in seconds relative to the sample's start; ``duration``: the
     annotated duration in seconds (``None`` if the file gives none); ``clip``: ``(start, end)`` seconds to cut from the
     source (``None``: the whole file); ``label``: the clip's class (clip lists only).
@@ -67,7 +69,7 @@ class VideoRecord:
 
 @dataclasses.dataclass
 class Annotations:
-    """A parsed annotation file: ``records`` and ``classes`` (names in label_id order); ``label_ids`` maps name → id."""
+    """A parsed annotation file: ``records``, ``classes`` (names in label_id order), ``label_ids`` (name → id)."""
     records: list[VideoRecord]
     classes: list[str]
     label_ids: dict[str, int] = dataclasses.field(init=False, repr=False)
@@ -76,16 +78,33 @@ class Annotations:
         self.label_ids = {name: i for i, name in enumerate(self.classes)}
 
 
-def load_annotations(path, fmt: str = "activitynet") -> Annotations:
-    """Parse ``path`` in format ``fmt`` (one of :data:`FORMATS`)."""
+def load_annotations(path, fmt: str = "activitynet", classes=None) -> Annotations:
+    """Parse ``path`` in format ``fmt`` (one of :data:`FORMATS`).
+
+    The class index is, in order of precedence: ``classes`` (a list of names), the file's top-level ``"classes"``
+    list (JSON formats), the file's ``label_id`` values (THUMOS), the sorted label names. A fixed list must hold every
+    label the file uses; it keeps two datasets (e.g. a clip set and a TAL set) on one index.
+    """
     path = pathlib.Path(path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown annotation format {fmt!r}; expected one of {FORMATS}")
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    if fmt == "clips":
-        return _load_clips(path)
-    return _load_database(path, thumos=fmt == "thumos")
+    ann = _load_clips(path) if fmt == "clips" else _load_database(path, thumos=fmt == "thumos")
+    return ann if classes is None else _fixed_classes(ann.records, classes, "the given class list", path)
+
+
+def _fixed_classes(records, classes, source: str, path) -> Annotations:
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) and c for c in classes):
+        raise AnnotationError(f"{path}: {source} must be a list of class names, got {classes!r}")
+    if len(set(classes)) != len(classes):
+        raise AnnotationError(f"{path}: {source} repeats a class name")
+    known = set(classes)
+    for r in records:
+        for label in [s.label for s in r.annotations] + ([r.label] if r.label is not None else []):
+            if label not in known:
+                raise AnnotationError(f"{path}: video {r.id!r}: label {label!r} is not in {source}")
+    return Annotations(records, list(classes))
 
 
 def _read_json(path: pathlib.Path):
@@ -108,9 +127,8 @@ def _load_database(path: pathlib.Path, thumos: bool) -> Annotations:
     if not isinstance(database, dict):
         raise AnnotationError(f"{path}: missing the 'database' object (video id -> entry)")
     records, given_ids = [], {}
-    for raw_id, entry in database.items():
-        vid = raw_id[2:] if raw_id.startswith("v_") and not thumos else raw_id
-        where = f"{path}: video {raw_id!r}"
+    for vid, entry in database.items():
+        where = f"{path}: video {vid!r}"
         if not isinstance(entry, dict):
             raise AnnotationError(f"{where}: entry must be an object, got {type(entry).__name__}")
         subset = entry.get("subset")
@@ -149,6 +167,8 @@ def _load_database(path: pathlib.Path, thumos: bool) -> Annotations:
             segments.append(Segment(start, end, label))
         records.append(VideoRecord(id=vid, video=vid, subset=subset.lower() if thumos else subset,
                                    annotations=tuple(segments), duration=duration))
+    if "classes" in data:
+        return _fixed_classes(records, data["classes"], "its 'classes' list", path)
     labels = {s.label for r in records for s in r.annotations}
     return Annotations(records, _classes(labels, given_ids, path))
 
@@ -200,7 +220,8 @@ def _load_clips(path: pathlib.Path) -> Annotations:
         if get["start"] is not None:
             start, end = (_clip_time(get[k], f"{where}: field '{k}'") for k in ("start", "end"))
             if start < 0 or end <= start:
-                raise AnnotationError(f"{where}: fields 'start'/'end' must satisfy 0 <= start < end, got {start}, {end}")
+                raise AnnotationError(f"{where}: fields 'start'/'end' must satisfy 0 <= start < end, "
+                                      f"got {start}, {end}")
             clip = (start, end)
         cid = video if clip is None else f"{video}_{int(clip[0]):06d}_{int(clip[1]):06d}"
         if cid in seen:

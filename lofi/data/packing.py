@@ -11,7 +11,8 @@ Transcoding (PyAV): constant ``fps`` (output frame ``k`` shows the latest source
 seconds after the first frame; ``num_frames = round(orig_duration * fps)``), short side ``short_side`` with the aspect
 ratio kept and both sides even (area interpolation), codec ``h264`` (libx264, no B-frames), ``vp9`` (libvpx-vp9) or
 ``mjpeg``, and a keyframe every ``gop_seconds`` for fast seeking. Source pixels are assumed square; rotation metadata
-is ignored.
+is ignored. A source that already has exactly this format (e.g. the synthetic benchmark's videos) is verified by
+decoding it and stored unchanged (``copy=True``).
 
 Shards are assigned deterministically: records of a subset sorted by id, ``shard_size`` per shard. Writes go to a
 temporary name and are renamed; the manifest is rewritten after every shard, so a killed run resumes: shards whose
@@ -20,6 +21,7 @@ everything else is rebuilt. One run at a time per output directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -29,6 +31,7 @@ import multiprocessing
 import os
 import pathlib
 import re
+from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
 from .annotations import Annotations, VideoRecord, clip_segments, load_annotations
@@ -40,13 +43,16 @@ VERSION = 1
 # name: (PyAV encoder, pixel format, encoder options)
 CODECS = {
     "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "{crf}", "bf": "0"}),
-    "vp9": ("libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "{crf}", "b": "0", "row-mt": "1"}),
+    "vp9": ("libvpx-vp9", "yuv420p",
+            {"deadline": "realtime", "cpu-used": "8", "crf": "{crf}", "b": "0", "row-mt": "1"}),
     "mjpeg": ("mjpeg", "yuvj420p", {"qmin": "{crf}", "qmax": "{crf}"}),
 }
+DECODERS = {"h264": "h264", "vp9": "vp9", "mjpeg": "mjpeg"}  # decoder that reads each codec's stream
 DEFAULT_QUALITY = {"h264": 23, "vp9": 32, "mjpeg": 3}  # crf for h264/vp9, JPEG qscale for mjpeg
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 _TMP = ".tmp-"
-_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.]+)-(?P<index>\d{6})\.tar$")
+_SUBSET_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.-]+)-(?P<index>\d{6})\.tar$")
 
 
 class VideoError(RuntimeError):
@@ -60,13 +66,15 @@ class PackingError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Encoding:
     """Output stream settings: ``fps``, ``short_side`` (px, even; 0 keeps the size), ``codec``, keyframe interval
-    ``gop_seconds``, ``quality`` (crf, or JPEG qscale for mjpeg) and encoder ``threads`` (0: automatic)."""
+    ``gop_seconds``, ``quality`` (crf, or JPEG qscale for mjpeg) and encoder ``threads`` (0: automatic). With
+    ``copy``, a source that already conforms (see :func:`transcode`) is stored unchanged instead of re-encoded."""
     fps: float = 15.0
     short_side: int = 256
     codec: str = "h264"
     gop_seconds: float = 1.0
     quality: int | None = None
     threads: int = 0
+    copy: bool = True
 
     def __post_init__(self):
         if self.codec not in CODECS:
@@ -92,21 +100,55 @@ def transcode(src, enc: Encoding, clip: tuple[float, float] | None = None) -> tu
     """Transcode ``src`` (or its ``clip`` = (start, end) seconds) to an mp4 with ``enc``'s settings.
 
     Returns ``(mp4 bytes, meta)`` with meta ``{fps, num_frames, duration, width, height, orig_fps, orig_duration}``
-    (seconds). Raises :class:`VideoError` when the video cannot be decoded.
+    (seconds). Raises :class:`VideoError` when the video cannot be decoded. With ``enc.copy``, a whole-file source that
+    already conforms (an mp4 with only a video stream of ``enc.codec`` at ``fps`` and the output size, no B-frames,
+    every frame at ``k / fps``, keyframes at least every ``gop_seconds``) is decoded once to verify it and returned
+    unchanged.
     """
+    if enc.copy and clip is None:
+        with _open(src, enc) as inp:
+            copied = _copy_conforming(src, inp, inp.streams.video[0], enc)
+        if copied is not None:
+            return copied
+    with _open(src, enc) as inp:
+        return _transcode_stream(inp, inp.streams.video[0], enc, clip)
+
+
+def _open(src, enc: Encoding):
     import av
 
     try:
         inp = av.open(str(src))
     except (av.FFmpegError, OSError) as e:
         raise VideoError(f"unreadable: {type(e).__name__}: {e}") from None
-    with inp:
-        if not inp.streams.video:
-            raise VideoError("no video stream")
-        ist = inp.streams.video[0]
-        ist.thread_type = "AUTO"
-        ist.codec_context.thread_count = enc.threads
-        return _transcode_stream(inp, ist, enc, clip)
+    if not inp.streams.video:
+        inp.close()
+        raise VideoError("no video stream")
+    ist = inp.streams.video[0]
+    ist.thread_type = "AUTO"
+    ist.codec_context.thread_count = enc.threads
+    return inp
+
+
+def _copy_conforming(src, inp, ist, enc: Encoding) -> tuple[bytes, dict] | None:
+    """``(file bytes, meta)`` if ``src`` already has ``enc``'s format (see :func:`transcode`), else ``None``."""
+    ctx, rate = ist.codec_context, Fraction(enc.fps).limit_denominator(1001)
+    if not ("mp4" in inp.format.name and len(inp.streams) == 1 and ctx.name == DECODERS[enc.codec]
+            and ist.average_rate == rate and (ctx.width, ctx.height) == enc.size(ctx.width, ctx.height)
+            and not ctx.has_b_frames):
+        return None
+    gop, since_key, num_frames = max(1, round(enc.gop_seconds * enc.fps)), 0, 0
+    for frame in _decoded(inp, ist):
+        since_key = 0 if frame.key_frame else since_key + 1
+        if since_key >= gop or frame.time is None or abs(frame.time - num_frames / enc.fps) > 0.25 / enc.fps:
+            return None
+        num_frames += 1
+    if not num_frames:
+        raise VideoError("no decodable frames")
+    _check_length(inp, ist, num_frames / enc.fps, None)
+    meta = {"fps": float(enc.fps), "num_frames": num_frames, "duration": num_frames / enc.fps, "width": ctx.width,
+            "height": ctx.height, "orig_fps": float(rate), "orig_duration": num_frames / enc.fps}
+    return pathlib.Path(src).read_bytes(), meta
 
 
 def _decoded(inp, ist):
@@ -214,20 +256,38 @@ def _transcode_stream(inp, ist, enc: Encoding, clip) -> tuple[bytes, dict]:
         if writer is not None:
             writer.abort()
         raise
-    declared = _declared_duration(inp, ist)
-    if declared and not clip and orig_duration < 0.75 * declared - 1.0:
-        raise VideoError(f"truncated: decoded {orig_duration:.2f} s of the declared {declared:.2f} s")
-    if clip and orig_duration < 0.75 * (clip[1] - clip[0]) - 1.0:
-        raise VideoError(f"clip [{clip[0]:g}, {clip[1]:g}] s: only {orig_duration:.2f} s decodable")
+    _check_length(inp, ist, orig_duration, clip)
     meta = {"fps": float(enc.fps), "num_frames": num_frames, "duration": num_frames / enc.fps,
             "width": writer.size[0], "height": writer.size[1], "orig_fps": orig_fps, "orig_duration": orig_duration}
     return data, meta
 
 
-def _declared_duration(inp, ist) -> float | None:
-    if ist.duration:
-        return float(ist.duration * ist.time_base)
-    return inp.duration / 1e6 if inp.duration else None
+def _check_length(inp, ist, decoded: float, clip) -> None:
+    """Raise :class:`VideoError` if less than 90% (minus 0.5 s) of the declared duration or clip was decodable."""
+    if clip:
+        if decoded < 0.9 * (clip[1] - clip[0]) - 0.5:
+            raise VideoError(f"clip [{clip[0]:g}, {clip[1]:g}] s: only {decoded:.2f} s decodable")
+        return
+    declared = float(ist.duration * ist.time_base) if ist.duration else (inp.duration / 1e6 if inp.duration else None)
+    if declared and decoded < 0.9 * declared - 0.5:
+        raise VideoError(f"truncated: decoded {decoded:.2f} s of the declared {declared:.2f} s")
+
+
+@contextlib.contextmanager
+def ordered_map(fn, tasks: list, workers: int, chunksize: int = 1):
+    """``map(fn, tasks)`` in ``min(workers, len(tasks))`` spawned processes (in this one if 1), results in task
+    order. A worker that dies (e.g. a decoder crash) raises ``BrokenProcessPool`` instead of hanging the run."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        yield map(fn, tasks)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool.map(fn, tasks, chunksize=chunksize)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _transcode_task(task):
@@ -244,13 +304,14 @@ def _index_videos(video_dir: pathlib.Path) -> dict[str, pathlib.Path]:
     """Stem → path for the video files in ``video_dir`` (a ``v_`` prefix is also indexed without it)."""
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video directory {video_dir} does not exist")
-    index = {}
+    exact = {}
     for path in sorted(video_dir.iterdir()):
         if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file():
-            index.setdefault(path.stem, path)
-            if path.stem.startswith("v_"):
-                index.setdefault(path.stem[2:], path)
-    return index
+            if path.stem in exact:
+                log.warning("%s: both %s and %s; using the first", video_dir, exact[path.stem].name, path.name)
+            exact.setdefault(path.stem, path)
+    stripped = {stem[2:]: path for stem, path in exact.items() if stem.startswith("v_")}
+    return {**stripped, **exact}  # an exact name wins over a v_-stripped one
 
 
 def _source(record: VideoRecord, index: dict) -> tuple[pathlib.Path | None, tuple | None]:
@@ -298,17 +359,19 @@ def sample_json(record: VideoRecord, meta: dict, ann: Annotations, source: str) 
 
 def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet", subsets=None, fps: float = 15,
                 short_side: int = 256, codec: str = "h264", shard_size: int = 32, workers: int | None = None,
-                strict: bool = False, gop_seconds: float = 1.0, quality: int | None = None,
-                progress: bool = True) -> dict:
+                strict: bool = False, gop_seconds: float = 1.0, quality: int | None = None, copy: bool = True,
+                classes=None, progress: bool = True) -> dict:
     """Transcode the annotated videos of ``video_dir`` and pack them into WebDataset shards in ``out_dir``.
 
     ``fmt``: annotation format (``lofi.data.annotations.FORMATS``); ``subsets``: the subsets to pack (default all);
-    ``fps``, ``short_side`` (px), ``codec``, ``gop_seconds``, ``quality``: see :class:`Encoding`; ``shard_size``:
-    samples per shard; ``workers``: transcoding processes (default: all CPUs). Corrupt videos and videos missing from
-    ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is raised at the end
-    if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file: {num_samples, sha256,
-    keys, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped: [{video, subset, reason}],
-    warnings: [{video, message}], settings, complete}``.
+    ``fps``, ``short_side`` (px), ``codec``, ``gop_seconds``, ``quality``, ``copy``: see :class:`Encoding`;
+    ``shard_size``: samples per shard; ``workers``: transcoding processes (default: all CPUs); ``classes``: a fixed
+    class list (label_id order, see :func:`lofi.data.annotations.load_annotations`). Corrupt videos and videos
+    missing from ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is
+    raised at the end if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file:
+    {num_samples, sha256, keys, planned, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped:
+    [{video, subset, reason}], warnings: [{video, message}], empty_shards (shards whose every video was skipped: no
+    file), settings, complete}``.
     """
     video_dir, out_dir = pathlib.Path(video_dir), pathlib.Path(out_dir)
     if shard_size < 1:
@@ -317,8 +380,8 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     if workers < 1:
         raise ValueError(f"workers={workers!r} must be at least 1")
     enc = Encoding(fps=float(fps), short_side=int(short_side), codec=codec, gop_seconds=float(gop_seconds),
-                   quality=quality, threads=1 if workers > 1 else 0)
-    ann = load_annotations(annotation_file, fmt)
+                   quality=quality, threads=1 if workers > 1 else 0, copy=copy)
+    ann = load_annotations(annotation_file, fmt, classes)
     records = ann.records
     if subsets is not None:
         subsets = [subsets] if isinstance(subsets, str) else list(subsets)
@@ -329,6 +392,9 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
         records = [r for r in records if r.subset in subsets]
     if not records:
         raise ValueError(f"{annotation_file} holds no videos to pack")
+    bad = sorted({r.subset for r in records if not _SUBSET_RE.match(r.subset)})
+    if bad:
+        raise ValueError(f"{annotation_file}: subset names {bad} cannot name shard files (use [A-Za-z0-9_.-])")
     _check_keys(records)
 
     index = _index_videos(video_dir)
@@ -346,8 +412,8 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
             shards[f"{subset}-{i // shard_size:06d}.tar"] = items[i:i + shard_size]
 
     settings = {"version": VERSION, "format": fmt, "codec": enc.codec, "fps": enc.fps, "short_side": enc.short_side,
-                "gop_seconds": enc.gop_seconds, "quality": enc.quality, "shard_size": shard_size,
-                "annotation_sha256": sha256_file(annotation_file)}
+                "gop_seconds": enc.gop_seconds, "quality": enc.quality, "copy": enc.copy, "shard_size": shard_size,
+                "annotation_sha256": sha256_file(annotation_file), "classes": ann.classes}
     out_dir.mkdir(parents=True, exist_ok=True)
     done = _reusable_shards(out_dir, settings, shards)
     _remove_leftovers(out_dir, shards)
@@ -359,9 +425,11 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     entries = dict(done)
 
     def refresh():
-        manifest["splits"] = {}
+        manifest["splits"], manifest["empty_shards"] = {}, {}
         for name in shards:
-            if name in entries:
+            if name in entries and not entries[name]["num_samples"]:  # every video skipped: no file
+                manifest["empty_shards"][name] = entries[name]
+            elif name in entries:
                 split = manifest["splits"].setdefault(_SHARD_RE.match(name)["subset"], {"num_samples": 0, "shards": {}})
                 split["shards"][name] = entries[name]
                 split["num_samples"] += entries[name]["num_samples"]
@@ -409,15 +477,17 @@ def _reusable_shards(out_dir: pathlib.Path, settings: dict, shards: dict) -> dic
         log.info("%s: settings or annotations changed; rebuilding every shard", out_dir)
         return {}
     done = {}
-    for split in old.get("splits", {}).values():
-        for name, entry in split.get("shards", {}).items():
-            planned = shards.get(name)
-            if planned is None or entry.get("planned") != [r.id for r, _, _ in planned]:
-                continue
-            if (out_dir / name).is_file() and sha256_file(out_dir / name) == entry.get("sha256"):
-                done[name] = entry
-            else:
-                log.warning("%s: %s does not match its checksum; rebuilding it", out_dir, name)
+    listed = [(n, e) for split in old.get("splits", {}).values() for n, e in split.get("shards", {}).items()]
+    for name, entry in listed + list(old.get("empty_shards", {}).items()):
+        planned = shards.get(name)
+        if planned is None or entry.get("planned") != [r.id for r, _, _ in planned]:
+            continue
+        if not entry.get("num_samples") and not entry.get("keys"):
+            done[name] = entry
+        elif (out_dir / name).is_file() and sha256_file(out_dir / name) == entry.get("sha256"):
+            done[name] = entry
+        else:
+            log.warning("%s: %s does not match its checksum; rebuilding it", out_dir, name)
     return done
 
 
@@ -425,48 +495,56 @@ def _remove_leftovers(out_dir: pathlib.Path, shards: dict) -> None:
     """Delete temporary files of killed runs and shards outside the current plan."""
     for path in out_dir.iterdir():
         stale_shard = _SHARD_RE.match(path.name) and path.name not in shards
-        if _TMP in path.name or stale_shard:
+        if path.is_file() and (_TMP in path.name or stale_shard):
             log.info("%s: removing %s", out_dir, "leftover " + path.name if not stale_shard else "stale " + path.name)
             path.unlink()
 
 
-def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refresh) -> None:
-    import tqdm
+def _write_shard(tmp: pathlib.Path, items, results, ann: Annotations, bar) -> dict:
+    """Write the samples of ``items`` [(record, path, clip)] to the tar ``tmp``, taking transcoded videos from
+    ``results`` in order; returns the shard's manifest entry (without its sha256)."""
     import webdataset as wds
+
+    entry = {"num_samples": 0, "sha256": None, "keys": [], "planned": [r.id for r, _, _ in items], "skipped": [],
+             "warnings": []}
+    with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
+        for record, path, _ in items:
+            _, data, meta = next(results)
+            bar.update()
+            if data is None:
+                log.warning("skipping %s (%s): %s", record.id, path, meta)
+                entry["skipped"].append({"video": record.id, "subset": record.subset, "reason": meta})
+                continue
+            info, messages = sample_json(record, meta, ann, path.name)
+            entry["warnings"] += [{"video": record.id, "message": m} for m in messages]
+            key = sample_key(record.id)
+            sink.write({"__key__": key, "mp4": data, "json": info})
+            entry["keys"].append(key)
+    entry["num_samples"] = len(entry["keys"])
+    return entry
+
+
+def _pack(out_dir, pending, shards, enc, ann, workers, progress, entries, refresh) -> None:
+    """Transcode the videos of the ``pending`` shards (in a pool of ``workers``) and write the shards in order."""
+    import tqdm
 
     tasks = [(i, path, clip, enc) for i, (_, path, clip) in enumerate(
         item for name in pending for item in shards[name])]
     if not tasks:
         return
-    workers = min(workers, len(tasks))
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = pool.imap(_transcode_task, tasks) if pool else map(_transcode_task, tasks)
     bar = tqdm.tqdm(total=len(tasks), desc=f"packing {out_dir.name}", unit="video", disable=not progress)
-    try:
+    with ordered_map(_transcode_task, tasks, workers) as results, bar:
         for name in pending:
             tmp = out_dir / (name + _TMP + str(os.getpid()))
-            entry = {"num_samples": 0, "sha256": None, "keys": [], "planned": [r.id for r, _, _ in shards[name]],
-                     "skipped": [], "warnings": []}
-            with open(tmp, "wb") as f, wds.TarWriter(f, mtime=0) as sink:
-                for record, path, _ in shards[name]:
-                    _, data, meta = next(results)
-                    bar.update()
-                    if data is None:
-                        log.warning("skipping %s (%s): %s", record.id, path, meta)
-                        entry["skipped"].append({"video": record.id, "subset": record.subset, "reason": meta})
-                        continue
-                    info, messages = sample_json(record, meta, ann, path.name)
-                    entry["warnings"] += [{"video": record.id, "message": m} for m in messages]
-                    key = sample_key(record.id)
-                    sink.write({"__key__": key, "mp4": data, "json": info})
-                    entry["keys"].append(key)
-            entry["num_samples"] = len(entry["keys"])
-            entry["sha256"] = sha256_file(tmp)
-            os.replace(tmp, out_dir / name)
+            try:
+                entry = _write_shard(tmp, shards[name], results, ann, bar)
+                if entry["num_samples"]:
+                    entry["sha256"] = sha256_file(tmp)
+                    os.replace(tmp, out_dir / name)
+                else:  # an empty tar would trip webdataset's empty-shard check; the manifest lists it as empty
+                    tmp.unlink()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             entries[name] = entry
             refresh()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()

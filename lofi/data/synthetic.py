@@ -19,7 +19,8 @@ drifts from its wander path to the instance's anchor and after it drifts back (1
 boundary is marked only by the change of motion, never by a jump.
 
 *Instances.* 1-3 per video (``instances``), non-overlapping, each lasting ``instance_fraction`` (default 5-80%) of
-the video (fractions are redrawn until the instances fit in 90% of it), placed with random gaps, classes uniform.
+the video (fractions are redrawn until the instances fit in 90% of it), placed with random gaps (at least 1 s between
+instances, or 5% of the video if less), classes uniform.
 
 *Classification source set* (stage-1 pretraining, Kinetics' role): trimmed clips in which the actor performs one
 action for the whole clip, no background class, drawn from a *shifted* distribution: striped backgrounds instead of
@@ -29,12 +30,13 @@ smooth textures, a disjoint (cool instead of warm) colour palette, larger object
 so output does not depend on the number of workers; the h264 encoder is deterministic, so the same config gives
 identical files.
 
-*Speed.* Frames are rendered with vectorized NumPy in chunks of frames (objects are separable squares: an object
-costs one outer product per frame) and encoded straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
+*Speed.* Paths are computed for all frames at once (vectorized NumPy); a frame is a slice of the background texture
+plus, per object, one outer product over the object's own patch (squares have separable coverage). Frames are encoded
+straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
 
 Outputs of :func:`make_synthetic` (in ``out_dir``): ``videos/ID.mp4`` + ``annotations.json`` (ActivityNet format,
 ``training``/``validation`` subsets) and ``clips/ID.mp4`` + ``clips.csv`` (Kinetics-style clip list:
-``video,start,end,label,split``), ready for :func:`lofi.data.packing.make_shards` with ``fmt="activitynet"`` and
+``video,start,end,label,split``, start/end empty: each file is one trimmed clip), ready for :func:`lofi.data.packing.make_shards` with ``fmt="activitynet"`` and
 ``fmt="clips"``.
 """
 from __future__ import annotations
@@ -42,12 +44,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
-import multiprocessing
 import os
 import pathlib
 
 import numpy as np
+
+from .packing import Encoding, VideoWriter, ordered_map
 
 # name: (pattern kind, frequency in Hz (travel: speed in short sides per second), amplitude in short sides)
 CLASSES = {
@@ -74,7 +76,7 @@ DOMAINS = {
     "source": {"colours": COOL, "half_size": (0.08, 0.11), "speed": (0.8, 1.25), "background": "stripes"},
 }
 _BRIDGE_S = 1.5
-_CHUNK = 32
+_MIN_GAP_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,7 @@ class SyntheticConfig:
     num_clips: int = 200
     clip_length: tuple[float, float] = (2.0, 3.2)
     clip_validation_fraction: float = 0.15
-    quality: int = 18
+    quality: int = 23
 
     def __post_init__(self):
         if not 1 <= self.num_classes <= len(CLASSES):
@@ -107,7 +109,7 @@ class SyntheticConfig:
         if not 1 <= self.instances[0] <= self.instances[1] <= 3:
             raise ValueError(f"instances={self.instances} must satisfy 1 <= min <= max <= 3")
         lo, hi = self.instance_fraction
-        if not (0 < lo <= hi <= 1 and lo * self.instances[1] <= 0.9):
+        if not (0 < lo <= hi <= 1 and lo * self.instances[1] + 0.05 * (self.instances[1] - 1) <= 0.9):
             raise ValueError(f"instance_fraction={self.instance_fraction}: {self.instances[1]} instances of "
                              f"{lo} of the video must fit in 90% of it")
         if not 0 < self.length[0] <= self.length[1] or not 0 < self.clip_length[0] <= self.clip_length[1]:
@@ -115,16 +117,19 @@ class SyntheticConfig:
 
     @property
     def classes(self) -> list[str]:
-        return list(CLASSES)[:self.num_classes]
+        """The first ``num_classes`` of :data:`CLASSES`, sorted by name: the label_id order of both the TAL
+        annotations (their ``"classes"`` list) and the clip list (sorted labels), so the two agree by default."""
+        return sorted(list(CLASSES)[:self.num_classes])
 
 
 PRESETS = {
-    # the demo's data: 40 videos of 20-40 s at 128x160, 5 classes, 200 clips of 2-3 s; generates and packs in about
-    # a minute on 2 CPU cores
+    # the demo's data: 40 videos (30 training, 10 validation) of 20-40 s at 128x160, 5 classes, and 200 clips of
+    # 2-3.2 s; ~8 MB of video; generates and packs in well under a minute on 2 CPU cores
     "demo": SyntheticConfig(),
-    # the reproduction study's benchmark: 600 videos of 40-120 s at 256x320, 12 classes, 2400 clips of 2-5 s
-    "bench": SyntheticConfig(num_videos=600, num_classes=12, size=(256, 320), length=(40.0, 120.0),
-                             distractors=(1, 3), num_clips=2400, clip_length=(2.0, 5.0)),
+    # the reproduction study's benchmark: 400 videos of 30-90 s at 224x288, all 12 classes, 1-3 distractors, and
+    # 1600 clips of 2-4 s; ~430k frames, ~0.2 GB; about 12 CPU-core minutes to generate (about 1 minute on 16 cores)
+    "bench": SyntheticConfig(num_videos=400, num_classes=12, size=(224, 288), length=(30.0, 90.0),
+                             distractors=(1, 3), num_clips=1600, clip_length=(2.0, 4.0)),
 }
 
 
@@ -220,12 +225,16 @@ def actor_path(rng, t, instances, lo, hi, short, speed, still: bool) -> np.ndarr
         tg = t[gap]
         span = (t[b] if b is not None and b < len(t) else np.inf) - (t[a] if a is not None and a >= 0 else -np.inf)
         half = min(_BRIDGE_S, span / 2)
+        low, high = lo.copy(), hi.copy()
         if a is not None and a >= 0:
             w = _smoothstep(1 - (tg - t[a]) / half)[:, None]
             pos[gap] += (pos[a] - idle[a]) * w
+            low, high = np.minimum(low, pos[a]), np.maximum(high, pos[a])
         if b is not None and b < len(t):
             w = _smoothstep(1 - (t[b] - tg) / half)[:, None]
             pos[gap] += (pos[b] - idle[b]) * w
+            low, high = np.minimum(low, pos[b]), np.maximum(high, pos[b])
+        pos[gap] = np.clip(pos[gap], low, high)  # inside the frame, or no further out than the instance's ends
     return pos
 
 
@@ -235,22 +244,27 @@ def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
     short = min(cfg.size)
     return {"colour": d["colours"][rng.integers(len(d["colours"]))] * rng.uniform(0.85, 1.0),
             "half": short * rng.uniform(*d["half_size"]), "speed": rng.uniform(*d["speed"]),
-            "background": d["background"], "n_distractors": int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))}
+            "background": d["background"],
+            "n_distractors": int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))}
 
 
 def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, float, str]]:
+    """1-3 non-overlapping (start, end, label) in seconds, on frame times, at least ``_MIN_GAP_S`` apart (5% of the
+    video if that is less) so that consecutive instances of one class stay separable."""
     n = int(rng.integers(cfg.instances[0], cfg.instances[1] + 1))
+    min_gap = min(_MIN_GAP_S, 0.05 * duration)
     while True:
         frac = rng.uniform(*cfg.instance_fraction, n)
-        if frac.sum() <= 0.9:
+        if frac.sum() + (n - 1) * min_gap / duration <= 0.9:
             break
-    gaps = rng.dirichlet(np.ones(n + 1)) * (1 - frac.sum()) * duration
+    free = (1 - frac.sum()) * duration
+    gaps = rng.dirichlet(np.ones(n + 1)) * (free - (n - 1) * min_gap) + np.r_[0, np.full(n - 1, min_gap), 0]
     labels = rng.choice(cfg.classes, n)
     out, t = [], 0.0
     for i in range(n):
         t += gaps[i]
-        # snap to frame times so the annotation agrees with the rendered frames
-        start, end = round(t * cfg.fps) / cfg.fps, round((t + frac[i] * duration) * cfg.fps) / cfg.fps
+        start = round(t * cfg.fps) / cfg.fps  # on frame times, so annotations agree with the rendered frames
+        end = max(round((t + frac[i] * duration) * cfg.fps), round(t * cfg.fps) + 1) / cfg.fps
         out.append((start, end, str(labels[i])))
         t += frac[i] * duration
     return out
@@ -324,27 +338,32 @@ def _background(rng, cfg: SyntheticConfig, style: str, num_frames: int):
 
 
 def render(spec: dict, cfg: SyntheticConfig):
-    """Yield the frames of ``spec`` as uint8 arrays (H, W, 3), rendered ``_CHUNK`` frames at a time."""
+    """Yield the frames of ``spec`` as uint8 arrays (H, W, 3): the panning background window, then each object
+    composited (anti-aliased square, separable coverage) over its own small patch."""
     h, w = cfg.size
     look, paths = spec["look"], spec["paths"]
     rng = np.random.default_rng(look["background_seed"])
     tex, rows, cols = _background(rng, cfg, look["background"], spec["num_frames"])
-    ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
-    colour, half = look["colour"].astype(np.float32), np.float32(look["half"] + 0.5)
-    for c0 in range(0, spec["num_frames"], _CHUNK):
-        sl = slice(c0, min(c0 + _CHUNK, spec["num_frames"]))
-        frames = tex[rows[sl][:, :, None], cols[sl][:, None, :]]
-        for obj in paths[:, sl].astype(np.float32):
-            ay = np.clip(half - np.abs(ys[None] - obj[:, 1, None]), 0, 1)
-            ax = np.clip(half - np.abs(xs[None] - obj[:, 0, None]), 0, 1)
-            alpha = (ay[:, :, None] * ax[:, None, :])[..., None]
-            frames += alpha * (colour - frames)
-        yield from np.clip(frames, 0, 255).astype(np.uint8)
+    tex = np.clip(tex + 0.5, 0, 255).astype(np.uint8)
+    colour, half = look["colour"].astype(np.float32), look["half"] + 0.5
+    lo = np.floor(paths - half).astype(int)
+    hi = np.ceil(paths + half).astype(int) + 1
+    for f in range(spec["num_frames"]):
+        frame = tex[rows[f, 0]:rows[f, 0] + h, cols[f, 0]:cols[f, 0] + w].copy()
+        for o in range(len(paths)):
+            (x0, y0), (x1, y1) = np.maximum(lo[o, f], 0), np.minimum(hi[o, f], (w, h))
+            if x0 >= x1 or y0 >= y1:
+                continue
+            cx, cy = paths[o, f]
+            ay = np.clip(half - np.abs(np.arange(y0, y1) - cy), 0, 1).astype(np.float32)
+            ax = np.clip(half - np.abs(np.arange(x0, x1) - cx), 0, 1).astype(np.float32)
+            patch = frame[y0:y1, x0:x1].astype(np.float32)
+            patch += (ay[:, None, None] * ax[None, :, None]) * (colour - patch)
+            frame[y0:y1, x0:x1] = patch + 0.5
+        yield frame
 
 
 def _write_video(spec: dict, cfg: SyntheticConfig, path: pathlib.Path) -> None:
-    from .packing import Encoding, VideoWriter
-
     writer = VideoWriter(Encoding(fps=cfg.fps, short_side=0, quality=cfg.quality, threads=1),
                          (cfg.size[1], cfg.size[0]))
     try:
@@ -372,8 +391,8 @@ def _clip_task(args):
     cfg, index, folder = args
     spec = clip_spec(cfg, index)
     _write_video(spec, cfg, pathlib.Path(folder) / f"{spec['id']}.mp4")
-    return {"video": spec["id"], "start": 0.0, "end": spec["num_frames"] / cfg.fps, "label": spec["label"],
-            "split": spec["split"]}
+    # empty start/end: the clip is the whole (already trimmed) file, whose id is then the file's name
+    return {"video": spec["id"], "start": "", "end": "", "label": spec["label"], "split": spec["split"]}
 
 
 def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: int | None = None,
@@ -393,21 +412,14 @@ def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: 
     paths["clips"].mkdir(parents=True, exist_ok=True)
     tasks = [(_video_task, (cfg, i, paths["videos"])) for i in range(cfg.num_videos)]
     tasks += [(_clip_task, (cfg, i, paths["clips"])) for i in range(cfg.num_clips)]
-    workers = min(workers or os.cpu_count() or 1, len(tasks))
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
-    results = pool.imap(_run, tasks, chunksize=4) if pool else map(_run, tasks)
     database, clips = {}, []
-    try:
+    with ordered_map(_run, tasks, workers or os.cpu_count() or 1, chunksize=4) as results:
         for i, result in enumerate(tqdm.tqdm(results, total=len(tasks), desc="synthetic", unit="video",
                                              disable=not progress)):
             if i < cfg.num_videos:
                 database[result[0]] = result[1]
             else:
                 clips.append(result)
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
     meta = {"version": "lofi-synthetic-1", "config": dataclasses.asdict(cfg), "classes": cfg.classes,
             "database": database}
     tmp = paths["annotations"].with_name("annotations.json.tmp")
