@@ -22,10 +22,10 @@ from lofi.config import from_dict
 from lofi.data.backend_cpu import load_snippets, stream_index
 from lofi.data.sampling import snippet_frame_indices, snippet_times
 from lofi.data.spatial import crop_params
-from lofi.engine.logger import write_json
 from lofi.engine.plots import plot_timelines
 from lofi.engine.report import load_head
 from lofi.models import build_encoder
+from lofi.postprocess import result_json, write_json
 
 
 def probe(encoded: bytes, path: str) -> Tuple[int, float, Tuple[int, int]]:
@@ -134,8 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = Detector(args.checkpoint, args.device)(args.video, args.window)
     out = Path(args.out)
     vid = result["id"]
-    write_json(out / f"{vid}.json", {"version": "LoFi inference", "results": {vid: result["detections"]},
-                                     "external_data": {"used": False, "classifier": result["classifier"]}})
+    write_json(result_json({vid: result["detections"]}, result["classifier"], version="LoFi inference"),
+               out / f"{vid}.json")
     plot_timelines([{"id": vid, "duration": result["duration"], "annotations": []}],
                    {vid: result["detections"]}, out / f"{vid}_timeline.png", top=args.top)
     best = result["detections"][:3]

@@ -24,8 +24,9 @@ import h5py
 import numpy as np
 import torch
 
+from lofi.postprocess import write_json
+
 from . import distributed as D
-from .logger import write_json
 
 Entry = Tuple[torch.Tensor, Dict[str, Any]]  # features (C, L) float32, meta
 
@@ -97,7 +98,7 @@ class FeatureCache:
             for part in parts:
                 for vid, name in part.items():
                     videos.setdefault(vid, name)
-            write_json(self.index_path, {"key": self.key, "complete": True, "videos": videos})
+            write_json({"key": self.key, "complete": True, "videos": videos}, self.index_path)
         D.barrier()
 
     def load(self) -> Dict[str, Entry]:

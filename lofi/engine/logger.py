@@ -7,15 +7,15 @@ Each ``log.jsonl`` line is one JSON object with ``time`` (Unix seconds), ``stage
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
 import torch
+
+from lofi.postprocess import write_json
 
 
 def memory_mib(device: torch.device) -> float:
@@ -23,17 +23,6 @@ def memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """JSON to a temporary file, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _NullBar:
@@ -90,7 +79,7 @@ class RunLogger:
         path = self.run_dir / "metrics.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         data[key] = value
-        write_json(path, data)
+        write_json(data, path)
 
     def close(self) -> None:
         if self.enabled:

@@ -15,7 +15,6 @@ import torch
 from . import distributed as D
 from .checkpoint import load
 from .feature_cache import Entry, FeatureLoader
-from .logger import write_json
 from .plots import plot_curves, plot_timelines
 from .stages import Context, HeadModel, frozen_encoder_file, gt_database, predict, subset_features
 
@@ -57,7 +56,7 @@ def table(tious: List[float], rows: Dict[str, Dict[str, Any]]) -> str:
 def run_eval(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Evaluates ``model.pt`` on the validation subset; returns the metrics on rank 0 (None elsewhere)."""
     from lofi.evaluation import evaluate_detection, evaluate_proposals
-    from lofi.postprocess import result_json
+    from lofi.postprocess import result_json, write_json
     cfg, info = ctx.cfg, ctx.info
     model, bundle = load_head(model_path or ctx.run_dir / "model.pt", info.device)
     val = subset_features(ctx, cfg.data.val_subset, frozen_encoder_file(ctx))
@@ -67,8 +66,8 @@ def run_eval(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[s
         return None
     out = ctx.stage_dir("eval")
     gt = gt_database(val, "validation")
-    write_json(out / "detections.json", result_json(result["detections"], result["classifier"]))
-    write_json(out / "proposals.json", result_json(result["proposals"], None))
+    write_json(result_json(result["detections"], result["classifier"]), out / "detections.json")
+    write_json(result_json(result["proposals"], None), out / "proposals.json")
     ev = evaluate_detection(gt, {"results": result["detections"]}, subset="validation", tiou_thresholds=cfg.eval.tiou,
                              ignore_unknown_labels=True)
     prop = evaluate_proposals(gt, {"results": result["proposals"]}, subset="validation")
