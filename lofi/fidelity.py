@@ -75,8 +75,8 @@ class LoFiSchedule:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LoFiSchedule {name} must be a positive int, got {value!r}")
         self.mode, self.full, self.c_s, self.c_l = mode, full, c_s, c_l
-        self.cycle: Tuple[Fidelity, ...] = (reduce(full, r_s=r_s), reduce(full, r_t=r_t),
-                                            reduce(full, r_t=st_r_t, r_s=st_r_s))
+        self.cycle: Tuple[Fidelity, ...] = () if mode == "full" else (
+            reduce(full, r_s=r_s), reduce(full, r_t=r_t), reduce(full, r_t=st_r_t, r_s=st_r_s))
         if mode != "full" and full in self.fidelities():
             raise ValueError(f"LoFiSchedule {mode!r}: a reduction factor of 1 gives the full fidelity {full}")
 
