@@ -33,7 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint of each stage (auto, the default value), or from PATH")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. lofi.epochs=3 data.num_workers=0")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None:
@@ -119,6 +119,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"lofi.train: {e}", file=sys.stderr)
+        return 2
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        print(f"lofi.train: --resume: no such checkpoint {args.resume!r} (use --resume auto for the latest)",
+              file=sys.stderr)
         return 2
     if args.resume not in (None, "auto") and stages is None:
         print("lofi.train: --resume PATH needs a single --stage (use --resume auto with --stage all)", file=sys.stderr)

@@ -172,15 +172,17 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
 class FeatureLoader:
     """Batches of ``{"features": (B, C, L), "meta": [...]}`` over cached entries, split across ranks.
 
-    Training: a fresh permutation per iteration over the data (global torch RNG, reseeded per epoch by the loop),
-    padded by wrapping so every rank gets ``len(self)`` full batches. Evaluation: every video once in sorted-id order;
+    Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, each rank taking every
+    world_size-th video, padded by wrapping so every rank gets ``len(self)`` full batches. Evaluation: every video once in sorted-id order;
     the last rank's shortfall is filled with duplicates marked ``meta["pad"] = True``."""
 
-    def __init__(self, entries: Dict[str, Entry], batch_size: int, train: bool, rank: int = 0, world_size: int = 1):
+    def __init__(self, entries: Dict[str, Entry], batch_size: int, train: bool, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, epoch: int = 0):
         if not entries:
             raise ValueError("FeatureLoader: no videos")
         self.ids = sorted(entries)
         self.entries, self.batch, self.train, self.rank, self.world = entries, batch_size, train, rank, world_size
+        self.seed, self.epoch = seed, epoch
 
     def __len__(self) -> int:
         per_rank = -(-len(self.ids) // self.world)
@@ -189,7 +191,8 @@ class FeatureLoader:
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         n = len(self) * self.batch * self.world
         if self.train:
-            order = torch.randperm(len(self.ids)).tolist()
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(len(self.ids), generator=g).tolist()
             order = (order * (n // len(order) + 1))[:n]
             mine = order[self.rank::self.world]
             pad = [False] * len(mine)

@@ -250,7 +250,7 @@ def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, E
     key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
            "shards": file_hash(manifest) if manifest.is_file() else str(cfg.data.shards)}
     cache = FeatureCache(Path(cfg.head.cache_dir or ctx.run_dir / "features") / subset, key)
-    if not cache.valid():
+    if not D.broadcast_object(cache.valid()):  # rank 0 decides, so every rank takes the same (collective) path
         ctx.log.info(f"[head] extracting {subset} features at {fid} into {cache.dir}")
         encoder = make_encoder(cfg, encoder_path).to(info.device)
         per = max(1, cfg.head.batch_size // info.world_size)
@@ -311,12 +311,13 @@ def video_label_targets(meta: List[dict], num_classes: int) -> torch.Tensor:
 def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: List[str]) -> Dict[str, Any]:
     """Detections + proposals for every video of ``entries`` (gathered on rank 0; None elsewhere) and the mean loss."""
     from lofi.models import build_targets, gtad_loss
-    from lofi.postprocess import detect
+    from lofi.postprocess import detect, load_cuhk
     cfg, info = ctx.cfg, ctx.info
     pp = cfg.postprocess
     model.eval()
     loader = FeatureLoader(entries, max(1, cfg.head.batch_size // info.world_size), False, info.rank, info.world_size)
     out = {"detections": {}, "proposals": {}, "classifier": None, "loss": [], "class_scores": {}}
+    external = load_cuhk(pp.classifier_file) if pp.classifier_file else None
     generator = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         for batch in loader:
@@ -326,7 +327,7 @@ def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: 
                 continue
             pred, logits = model(feats)
             probs = logits.softmax(1)
-            scores = pp.classifier_file or probs
+            scores = external or probs
             res = detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
                          top_classes=pp.top_classes)
             out["detections"].update(res["detections"])
@@ -411,7 +412,8 @@ def run_head(ctx: Context) -> Path:
             return score(ctx, predict(model, val, ctx, classes), gt)
 
         trainer = Trainer(stage="head", modules={"model": net}, step_fn=step,
-                          loader_fn=lambda e: FeatureLoader(train, per, True, info.rank, info.world_size),
+                          loader_fn=lambda e: FeatureLoader(train, per, True, info.rank, info.world_size,
+                                                            seed=cfg.seed, epoch=e),
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.head.epochs, info=info,
                           checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
                           seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
