@@ -1,0 +1,149 @@
+"""tools/reproduce.py: aggregation of hand-made cell JSONs (mean/std, the seed-spread rule, RESULTS.md, plots),
+skipping of finished cells, row selection, and (slow) one real cell at a toy scale."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("reproduce", REPO / "tools" / "reproduce.py")
+R = importlib.util.module_from_spec(spec)
+sys.modules["reproduce"] = R
+spec.loader.exec_module(R)
+
+TIOUS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+def make_cell(row, seed, avg, slope=2.0):
+    """A cell whose mAP falls linearly with tIoU around ``avg`` (so avg is exactly the mean of the curve)."""
+    curve = [avg + slope * (4.5 - i) for i in range(10)]
+    return {"preset": "cpu", "row": row, "seed": seed, "label": R.ROWS[row].label,
+            "metrics": {"mAP@0.5": curve[0], "mAP@0.75": curve[5], "mAP@0.95": curve[9], "avg": avg, "mAP": curve,
+                        "tiou_thresholds": TIOUS, "baseline_avg": 1.0, "num_videos": 10},
+            "seconds": {"cell": 100.0 + seed}, "upstream": {}, "curves": {
+                "lofi_loss": [[1, 2.0, "4x4@64x64"], [2, 1.5, "16x4@32x32"]] if "lofi" in row else [],
+                "head_val_mAP": [[1, avg - 3], [2, avg]]},
+            "timelines": [{"id": f"syn_{i}", "duration": 30.0,
+                           "annotations": [{"segment": [2.0, 10.0], "label": "swing"}],
+                           "detections": [{"label": "swing", "score": 0.9, "segment": [2.5, 9.0]}]} for i in range(2)]}
+
+
+def write_cells(out, cells):
+    out.mkdir(parents=True, exist_ok=True)
+    for c in cells:
+        R.write_json(c, R.cell_path(out, c["row"], c["seed"]))
+
+
+def test_mean_std_over_seeds():
+    cells = [make_cell("acp", s, v) for s, v in enumerate([10.0, 12.0, 14.0])]
+    s = R.summarize(cells)["acp"]
+    assert s["n"] == 3 and s["seeds"] == [0, 1, 2]
+    assert s["mean"]["avg"] == pytest.approx(12.0)
+    assert s["std"]["avg"] == pytest.approx(2.0)  # sample std of 10, 12, 14
+    assert s["mean"]["mAP@0.5"] == pytest.approx(12.0 + 9.0)
+    assert s["curve"][9][0] == pytest.approx(12.0 - 9.0) and s["curve"][9][1] == pytest.approx(2.0)
+    assert R.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_difference_against_seed_spread():
+    acp = [make_cell("acp", s, v) for s, v in enumerate([10.0, 11.0, 12.0])]         # std 1
+    big = [make_cell("long_c_lofi", s, v) for s, v in enumerate([14.0, 15.0, 16.0])]  # +4, std 1
+    small = [make_cell("t_lofi", s, v) for s, v in enumerate([10.5, 12.0, 13.5])]     # +1, std 1.5
+    summary = R.summarize(acp + big + small)
+    v = R.versus(summary, "long_c_lofi")
+    assert v["diff"] == pytest.approx(4.0) and v["spread"] == pytest.approx(2.0) and v["exceeds"] is True
+    v = R.versus(summary, "t_lofi")
+    assert v["diff"] == pytest.approx(1.0) and v["spread"] == pytest.approx(2.5) and v["exceeds"] is False
+    assert R.versus(summary, "acp") is None and R.versus(summary, "s_lofi") is None
+    one = R.summarize([make_cell("acp", 0, 10.0), make_cell("s_lofi", 0, 20.0)])
+    assert R.versus(one, "s_lofi")["exceeds"] is None  # one seed: no spread to compare with
+
+
+def test_finished_cells_are_skipped(tmp_path):
+    out = tmp_path / "cpu"
+    write_cells(out, [make_cell("acp", 0, 10.0)])
+    R.cell_path(out, "acp", 1).write_text('{"row": "acp", "se')  # torn file from a killed run: re-run
+    calls = []
+
+    def runner(preset, row, seed, imagenet=None):
+        calls.append((row, seed))
+        if row == "s_lofi":
+            raise RuntimeError("training failed")
+        return make_cell(row, seed, 20.0)
+
+    written = R.run_study("cpu", [0, 1], ["acp", "s_lofi", "long_c_lofi"], out, runner=runner, say=lambda m: None)
+    assert calls == [("s_lofi", 0), ("long_c_lofi", 0), ("acp", 1), ("s_lofi", 1), ("long_c_lofi", 1)]
+    assert sorted(p.name for p in written) == ["acp-seed1.json", "long_c_lofi-seed0.json", "long_c_lofi-seed1.json"]
+    assert json.loads(R.cell_path(out, "acp", 0).read_text())["metrics"]["avg"] == 10.0  # untouched
+    assert not R.cell_path(out, "s_lofi", 0).exists()  # a failed cell leaves no file: the next run retries it
+    calls.clear()
+    R.run_study("cpu", [0, 1], ["acp", "long_c_lofi"], out, runner=runner, say=lambda m: None)
+    assert calls == []
+
+
+def test_row_selection():
+    cpu = R.PRESETS["cpu"]
+    rows = R.select_rows(cpu, ["1", "2"], None, None)
+    assert rows == ["icp", "acp", "acp_plus", "long_c_lofi", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi"]
+    assert "icp_imagenet" in R.select_rows(cpu, ["1"], None, "/x.pt") and "icp" not in R.select_rows(cpu, ["1"], None, "/x.pt")
+    assert R.select_rows(R.PRESETS["gpu"], ["2"], None, None) == ["acp", "long_c_lofi", "t_lofi"]
+    with pytest.raises(SystemExit, match="unknown row"):
+        R.select_rows(cpu, ["1"], ["nope"], None)
+    # Every row's overrides are valid lofi.train config keys (the config validates them before anything runs).
+    from lofi.config import load_config
+    for name, row in R.ROWS.items():
+        load_config(None, [*row.overrides, f"model.encoder={row.encoder}"], stages=list(row.stages), check_paths=False)
+
+
+def test_results_markdown_and_plots(tmp_path):
+    root = tmp_path / "results"
+    cells = [make_cell(r, s, base + s) for r, base in (("acp", 10.0), ("long_c_lofi", 15.0), ("icp", 5.0))
+             for s in range(3)]
+    write_cells(root / "cpu", cells)
+    (root / "cpu" / "NOTES.md").write_text("LoFi gradients reach the encoder (checked).")
+    gib = 2 ** 30
+    memory = {"budget_gib": 32.0, "device": "cpu", "sgalign_path": "compiled kernel", "budget": [
+        {"config": c, "encoder": "tsm_r18", "fidelity": f, "per_video_bytes": b * gib, "model_state_bytes": 0,
+         "max_batch": int(32 // b)}
+        for c, f, b in (("full", "100x8x224²", 20.0), ("S-LoFi", "100x8x112²", 5.0), ("T-LoFi", "25x8x224²", 5.1),
+                        ("ST-LoFi", "50x8x158²", 5.05))]}
+    (root / "cpu" / "memory.json").write_text(json.dumps(memory))
+    doc = tmp_path / "RESULTS.md"
+    text = R.write_results(root, doc)
+    assert doc.read_text() == text
+    assert "ActivityNet-1.3 / HACS-1.1" in text and "not ours" in text
+    acp_line = next(line for line in text.splitlines() if line.startswith("| ACP (frozen) | 3 |"))
+    assert "11.00 ± 1.00" in acp_line  # avg mAP of seeds 10, 11, 12
+    lofi_line = next(line for line in text.splitlines() if line.startswith("| LoFi = Long C-LoFi (c_l = 1) | 3 |"))
+    assert "+5.00 (spread 2.00)" in lofi_line and lofi_line.endswith("| yes |")
+    assert "| ACP (frozen) | 49.64 | 34.16 | 7.68 | 33.59 | 35.68 | 22.79 | 6.51 | 23.00 |" in text  # paper, Table 1
+    assert "--preset cpu --rows long_c_lofi --seeds 0,1,2" in text
+    assert "Table 2 analogue" in text and "Not run on this preset" in text  # only ACP + LoFi of Table 2... and 6
+    assert "LoFi gradients reach the encoder (checked)." in text
+    c_lofi = next(line for line in text.splitlines() if line.startswith("| C-LoFi"))
+    assert "| 5.10 | 0.26 | 6 |" in c_lofi  # the largest of S/T/ST per video, the smallest batch
+    for name in ("map_vs_tiou", "memory", "training_curves", "timelines_acp", "timelines_long_c_lofi"):
+        png = root / "cpu" / f"{name}.png"
+        assert png.is_file() and 0 < png.stat().st_size < 200_000, name
+        assert f"(results/cpu/{name}.png)" in text
+
+
+@pytest.mark.slow
+def test_one_real_cell_at_toy_scale(tmp_path, monkeypatch):
+    """ACP (shared) + one LoFi cell through python -m lofi.train on 8 tiny videos; several minutes on 2 busy cores."""
+    toy = R.Preset(description="toy", work_root=str(tmp_path / "work"), overrides=(
+        "data.synthetic.num_videos=8", "data.synthetic.num_clips=24", "data.num_workers=0", "fidelity.L=8",
+        "fidelity.size=32", "acp.fidelity.size=32", "acp.epochs=1", "acp.batch_size=8", "lofi.epochs=1",
+        "lofi.batch_size=2", "head.epochs=2", "head.batch_size=2"))
+    monkeypatch.setitem(R.PRESETS, "toy", toy)
+    out = tmp_path / "results" / "toy"
+    R.run_study("toy", [0], ["long_c_lofi"], out, say=print)
+    cell = json.loads(R.cell_path(out, "long_c_lofi", 0).read_text())
+    assert 0 <= cell["metrics"]["avg"] <= 100 and len(cell["metrics"]["mAP"]) == 10
+    assert cell["upstream"]["reused"] is False and Path(cell["upstream"]["encoder_file"]).is_file()
+    assert {f for _, _, f in cell["curves"]["lofi_loss"]} <= {"8x4@16x16", "2x4@32x32", "4x4@23x23"}
+    assert len(cell["curves"]["head_val_mAP"]) == 2 and cell["timelines"][0]["detections"]
+    assert not math.isnan(cell["seconds"]["cell"])
