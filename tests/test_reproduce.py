@@ -147,3 +147,16 @@ def test_one_real_cell_at_toy_scale(tmp_path, monkeypatch):
     assert {f for _, _, f in cell["curves"]["lofi_loss"]} <= {"8x4@16x16", "2x4@32x32", "4x4@23x23"}
     assert len(cell["curves"]["head_val_mAP"]) == 2 and cell["timelines"][0]["detections"]
     assert not math.isnan(cell["seconds"]["cell"])
+
+
+def test_time_budget_stops_before_a_cell_that_would_overrun(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(R.time, "perf_counter", lambda: clock[0])
+
+    def runner(preset, row, seed, imagenet=None):
+        clock[0] += 120.0  # every cell takes two minutes
+        return make_cell(row, seed, 10.0)
+
+    written = R.run_study("gpu", [0], ["acp", "long_c_lofi", "t_lofi"], tmp_path, runner=runner, say=lambda m: None,
+                          max_minutes=5)
+    assert [p.name for p in written] == ["acp-seed0.json", "long_c_lofi-seed0.json"]  # 4 min used + 2 > 5

@@ -107,13 +107,14 @@ class Preset:
 
 PRESETS = {
     "cpu": Preset(
-        description=("lofi.data.synthetic preset `demo`: 40 videos of 20-40 s (30 training / 10 validation), 5 motion "
-                     "classes, 128x160 px stored at short side 128, 15 fps; ACP source set: 200 trimmed clips "
-                     "(170 training). Full fidelity 16 snippets x 4 frames at 64x64 (the paper: 100 x 8 at 224x224); "
-                     "LoFi fidelities 16x4@32 (S), 4x4@64 (T), 8x4@46 (ST). ACP 3 epochs (batch 16, 1x4@64), "
-                     "LoFi 6 epochs (batch 8, SGD lr 0.1, the paper's schedule), head 30 epochs (Adam 1e-3, batch 4), "
-                     "all from lofi/configs/demo.yaml."),
-        overrides=("data.num_workers=1",),
+        description=("lofi/configs/demo.yaml's benchmark and recipe with 3 LoFi epochs: lofi.data.synthetic preset "
+                     "`demo`, 40 videos of 20-40 s (30 training / 10 validation), 5 motion classes, 128x160 px stored "
+                     "at short side 128, 15 fps; ACP source set: 200 trimmed clips (170 training). Full fidelity 16 "
+                     "snippets x 4 frames at 64x64 (the paper: 100 x 8 at 224x224); LoFi fidelities 16x4@32 (S), "
+                     "4x4@64 (T), 8x4@46 (ST). ACP 3 epochs (batch 16, 1x4@64, SGD 0.01); LoFi 3 epochs = one "
+                     "I->II->III cycle (batch 8 -> 4 steps per epoch, SGD lr 0.1, momentum 0, wd 1e-4: the paper's); "
+                     "head 30 epochs (Adam 1e-3, batch 4), best epoch by validation average mAP."),
+        overrides=("lofi.epochs=3",),
         tables=("1", "2", "6"), smoke_seeds=(0,)),
     "gpu": Preset(
         description=("lofi.data.synthetic preset `demo` enlarged to 160 videos (120 training / 40 validation), "
@@ -256,16 +257,21 @@ def timelines(run_dir: Path, gt: Dict[str, dict], videos: int = 3, top: int = 5)
 
 def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: Path,
               runner: Callable[..., dict] = run_cell, imagenet: Optional[str] = None,
-              say: Callable[[str], None] = print) -> List[Path]:
+              say: Callable[[str], None] = print, max_minutes: Optional[float] = None) -> List[Path]:
     """Runs every unfinished cell (rows × seeds, seed-major so each seed's shared ACP is reused at once);
-    returns the cell files written now. A failing cell is reported and the study goes on with the next one."""
+    returns the cell files written now. A failing cell is reported and the study goes on with the next one.
+    With ``max_minutes``, no cell starts when the time used plus the longest cell so far would pass it."""
     written = []
+    start, longest = time.perf_counter(), 0.0
     for seed in seeds:
         for row in rows:
             path = cell_path(out, row, seed)
             if cell_done(path):
                 say(f"[skip] {path} exists")
                 continue
+            if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
+                say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
+                return written
             say(f"[run] {row} seed {seed} ...")
             t0 = time.perf_counter()
             try:
@@ -275,6 +281,7 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
                 continue
             write_json(record, path)
             written.append(path)
+            longest = max(longest, time.perf_counter() - t0)
             say(f"[done] {row} seed {seed}: avg mAP {record['metrics']['avg']:.2f} in {time.perf_counter() - t0:.0f} s"
                 f" -> {path}")
     return written
@@ -573,6 +580,8 @@ def parse_args(argv=None):
     p.add_argument("--imagenet", help="a local ImageNet state dict: the true ICP row replaces the random-init analogue")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild docs/RESULTS.md from the cell JSONs")
     p.add_argument("--no-report", action="store_true", help="do not rebuild docs/RESULTS.md (e.g. on the GPU machine)")
+    p.add_argument("--max-minutes", type=float, help="start no cell that might end after this many minutes "
+                   "(e.g. 4.5 for the gpu preset's 5-minute invocations; the next invocation goes on)")
     return p.parse_args(argv)
 
 
@@ -592,7 +601,8 @@ def main(argv=None) -> int:
         rows = select_rows(preset, tables, args.rows.split(",") if args.rows else None, args.imagenet)
         print(f"preset {args.preset}: rows {rows}, seeds {seeds} -> {out}", flush=True)
         t0 = time.perf_counter()
-        run_study(args.preset, seeds, rows, out, imagenet=args.imagenet, say=lambda m: print(m, flush=True))
+        run_study(args.preset, seeds, rows, out, imagenet=args.imagenet, say=lambda m: print(m, flush=True),
+                  max_minutes=args.max_minutes)
         print(f"study finished in {time.perf_counter() - t0:.0f} s", flush=True)
         from lofi.benchmark import machine
         (Path(out) / "machine.txt").write_text(str(machine()) + "\n")
