@@ -160,3 +160,16 @@ def test_time_budget_stops_before_a_cell_that_would_overrun(tmp_path, monkeypatc
     written = R.run_study("gpu", [0], ["acp", "long_c_lofi", "t_lofi"], tmp_path, runner=runner, say=lambda m: None,
                           max_minutes=5)
     assert [p.name for p in written] == ["acp-seed0.json", "long_c_lofi-seed0.json"]  # 4 min used + 2 > 5
+
+
+def test_encoder_change(tmp_path):
+    import torch
+    before = {"backbone.conv1.weight": torch.ones(2, 1, 3, 3), "backbone.bn1.weight": torch.ones(2),
+              "backbone.bn1.running_var": torch.ones(2)}
+    after = {"backbone.conv1.weight": 1.1 * torch.ones(2, 1, 3, 3), "backbone.bn1.weight": torch.ones(2),
+             "backbone.bn1.running_var": torch.tensor([1.0, 3.0])}
+    torch.save(before, tmp_path / "a.pt")
+    torch.save(after, tmp_path / "b.pt")
+    ch = R.encoder_change(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
+    assert ch["conv_weight"] == pytest.approx(0.1) and ch["bn_weight"] == 0.0
+    assert ch["bn_running_var"] == pytest.approx(2 / math.sqrt(2))

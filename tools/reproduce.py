@@ -240,9 +240,37 @@ def cell_record(preset: str, row: str, seed: int, run_dir: Path, seconds: float,
                         "baseline_avg": 100 * ev["baseline_average_mAP"], "num_videos": ev["num_videos"]},
             "seconds": {"cell": round(seconds, 1),
                         **{k[5:]: round(v["seconds"], 1) for k, v in metrics.items() if k.startswith("time_")}},
-            "upstream": upstream, "head_lr": metrics.get("head", {}).get("lr"),
+            "upstream": upstream, "encoder_change": stage_changes(run_dir, upstream.get("encoder_file")),
+            "head_lr": metrics.get("head", {}).get("lr"),
             "curves": curves, "timelines": timelines(run_dir, gt), "overrides": list(overrides),
             "command": f"python tools/reproduce.py --preset {preset} --rows {row} --seeds {seed}"}
+
+
+def stage_changes(run_dir: Path, start: Optional[str]) -> dict:
+    """encoder_change of each encoder-training stage of this cell (acp+, lofi) from the encoder it started from."""
+    out = {}
+    for stage in ("acp_plus", "lofi"):
+        path = run_dir / stage / "encoder.pt"
+        if start and path.is_file():
+            out[stage] = encoder_change(start, str(path))
+    return out
+
+
+def encoder_change(before: str, after: str) -> dict:
+    """How far a stage moved the encoder (the issue's "do gradients reach the encoder?" check): relative L2 change
+    ||after - before|| / ||before|| of the conv weights, of the BN affine weights and of the BN running variances."""
+    import torch
+    a = torch.load(before, map_location="cpu", weights_only=True)
+    b = torch.load(after, map_location="cpu", weights_only=True)
+
+    def rel(keys):
+        num = sum(float((b[k].float() - a[k].float()).pow(2).sum()) for k in keys)
+        den = sum(float(a[k].float().pow(2).sum()) for k in keys)
+        return math.sqrt(num / den) if den else None
+    conv = [k for k in a if k.endswith(".weight") and a[k].dim() == 4]
+    bn = [k for k in a if k.endswith(".weight") and a[k].dim() == 1]
+    var = [k for k in a if k.endswith("running_var")]
+    return {"conv_weight": rel(conv), "bn_weight": rel(bn), "bn_running_var": rel(var)}
 
 
 def timelines(run_dir: Path, gt: Dict[str, dict], videos: int = 3, top: int = 5) -> List[dict]:
