@@ -173,3 +173,16 @@ def test_encoder_change(tmp_path):
     ch = R.encoder_change(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
     assert ch["conv_weight"] == pytest.approx(0.1) and ch["bn_weight"] == 0.0
     assert ch["bn_running_var"] == pytest.approx(2 / math.sqrt(2))
+
+
+def test_claim_is_exclusive_and_takes_over_stale_locks(tmp_path):
+    lock = tmp_path / "cell.lock"
+    with R.claim(lock) as first:
+        assert first and lock.read_text() == str(__import__("os").getpid())
+        with R.claim(lock) as second:
+            assert second is False  # held by a live process (this one)
+    assert not lock.exists()
+    lock.write_text("999999999")  # no such process: stale
+    with R.claim(lock) as mine:
+        assert mine
+    assert not lock.exists() and not list(tmp_path.iterdir())

@@ -18,6 +18,7 @@ The benchmark's data (``lofi.data.synthetic``) is the same for every seed: a see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
@@ -142,6 +143,38 @@ def cell_done(path: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def claim(path: Path):
+    """An exclusive claim across concurrent reproduce.py processes (so several can share one study): a lock file
+    holding the owner's pid, created atomically (link of a written temp file). Yields False while another live
+    process holds it; a stale lock (its process is gone) is taken over. The lock is removed on exit."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(str(os.getpid()))
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)
+                break
+            except FileExistsError:
+                try:
+                    os.kill(int(path.read_text()), 0)
+                    yield False  # held by a live process
+                    return
+                except (ValueError, ProcessLookupError, FileNotFoundError):
+                    path.unlink(missing_ok=True)  # stale: its owner is gone
+        else:
+            yield False
+            return
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def select_rows(preset: Preset, tables: Sequence[str], rows: Optional[Sequence[str]], imagenet: Optional[str]) -> List[str]:
     """The rows to run, in table order: ``rows`` if given, else the preset's rows or every row of ``tables``.
     The ICP row is the random-init analogue unless ``imagenet`` (a local state dict) gives the true ICP row."""
@@ -187,10 +220,14 @@ def ensure_acp(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: 
     name = f"_acp_{encoder}"
     path = seed_dir / name / "acp" / "encoder.pt"
     info = {"encoder_file": str(path), "reused": path.is_file()}
-    if not path.is_file():
-        cmd = train_command([f"name={name}", "stages=[acp]", f"model.encoder={encoder}", "model.weights=null",
-                             *common_overrides(preset, shards, seed, seed_dir)])
-        info["seconds"] = run_logged(cmd, seed_dir / name / "stdout.log")
+    while not path.is_file():
+        with claim(seed_dir / f"{name}.lock") as mine:
+            if mine and not path.is_file():
+                cmd = train_command([f"name={name}", "stages=[acp]", f"model.encoder={encoder}", "model.weights=null",
+                                     *common_overrides(preset, shards, seed, seed_dir)])
+                info["seconds"] = run_logged(cmd, seed_dir / name / "stdout.log")
+        if not mine:
+            time.sleep(10)  # another process is training this ACP encoder
     metrics = json.loads((seed_dir / name / "metrics.json").read_text())
     info["acp_seconds"] = metrics.get("time_acp", {}).get("seconds")
     return info
@@ -300,14 +337,18 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
             if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
                 say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
                 return written
-            say(f"[run] {row} seed {seed} ...")
-            t0 = time.perf_counter()
-            try:
-                record = runner(preset_name, row, seed, imagenet=imagenet)
-            except (RuntimeError, FileNotFoundError, KeyError) as e:
-                say(f"[fail] {row} seed {seed}: {e}")
-                continue
-            write_json(record, path)
+            with claim(path.with_name(f".{path.stem}.lock")) as mine:
+                if not mine or cell_done(path):
+                    say(f"[skip] {row} seed {seed}: another process has it")
+                    continue
+                say(f"[run] {row} seed {seed} ...")
+                t0 = time.perf_counter()
+                try:
+                    record = runner(preset_name, row, seed, imagenet=imagenet)
+                except (RuntimeError, FileNotFoundError, KeyError) as e:
+                    say(f"[fail] {row} seed {seed}: {e}")
+                    continue
+                write_json(record, path)
             written.append(path)
             longest = max(longest, time.perf_counter() - t0)
             say(f"[done] {row} seed {seed}: avg mAP {record['metrics']['avg']:.2f} in {time.perf_counter() - t0:.0f} s"
@@ -589,7 +630,7 @@ def write_results(results_root: Path, doc: Path, memory_file: Optional[Path] = N
         sections[d.name] = {"summary": summary, "cells": cells, "notes": notes, "plots": plots,
                             **({"machine": machine} if machine else {})}
     text = render_results(sections, memory)
-    tmp = Path(doc).with_suffix(".md.tmp")
+    tmp = Path(doc).with_name(f".{Path(doc).name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, doc)
     return text
