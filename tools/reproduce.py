@@ -104,6 +104,7 @@ class Preset:
     rows: Optional[tuple] = None  # None: every row of ``tables``
     smoke_seeds: tuple = (0,)
     work_root: str = "work_dirs/repro"
+    max_minutes: Optional[float] = None  # default --max-minutes
 
 
 PRESETS = {
@@ -125,7 +126,8 @@ PRESETS = {
                    "data.synthetic.short_side=128", "data.num_workers=6",
                    "fidelity.L=32", "fidelity.T=8", "fidelity.size=112", "acp.fidelity.T=8", "acp.fidelity.size=112",
                    "acp.epochs=6", "lofi.epochs=12", "lofi.batch_size=16", "head.batch_size=8", "device=cuda"),
-        tables=("2",), rows=("acp", "long_c_lofi", "t_lofi"), smoke_seeds=(0,), work_root="/tmp/lofi_repro"),
+        tables=("2",), rows=("acp", "long_c_lofi", "t_lofi"), smoke_seeds=(0,), work_root="/tmp/lofi_repro",
+        max_minutes=4.5),
 }
 
 
@@ -671,7 +673,7 @@ def main(argv=None) -> int:
         print(f"preset {args.preset}: rows {rows}, seeds {seeds} -> {out}", flush=True)
         t0 = time.perf_counter()
         run_study(args.preset, seeds, rows, out, imagenet=args.imagenet, say=lambda m: print(m, flush=True),
-                  max_minutes=args.max_minutes)
+                  max_minutes=args.max_minutes if args.max_minutes is not None else preset.max_minutes)
         print(f"study finished in {time.perf_counter() - t0:.0f} s", flush=True)
         from lofi.benchmark import machine
         (Path(out) / "machine.txt").write_text(str(machine()) + "\n")
