@@ -579,7 +579,12 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
             lines += [f"{len(cells)} cells; wall time per cell {min(secs):.0f}-{max(secs):.0f} s "
                       f"(mean {sum(secs) / len(secs):.0f} s) on {sec.get('machine', 'this machine')}; validation videos "
                       f"per cell: {sorted({c['metrics']['num_videos'] for c in cells})}; uniform-random-proposal "
-                      f"baseline avg mAP {sum(c['metrics']['baseline_avg'] for c in cells) / len(cells):.2f}.", ""]
+                      f"baseline avg mAP {sum(c['metrics']['baseline_avg'] for c in cells) / len(cells):.2f}."]
+            acp = sorted({round(c["upstream"]["acp_seconds"]) for c in cells if c["upstream"].get("acp_seconds")})
+            if acp:
+                lines[-1] += (f" The shared ACP pretraining (once per seed and encoder, not in the cell times) took "
+                              f"{', '.join(map(str, acp))} s.")
+            lines.append("")
         shown: set = set()
         for t in ("1", "2", "6"):
             rows = [r for r in TABLE_ROWS[t] if r in summary]
