@@ -43,7 +43,6 @@ METRICS = ("mAP@0.5", "mAP@0.75", "mAP@0.95", "avg")
 class Row:
     """One row of the study: the stages it runs after the shared ACP (``upstream``) and its config overrides."""
     label: str
-    tables: tuple
     stages: tuple
     overrides: tuple = ()
     encoder: str = "tsm_r18"
@@ -56,27 +55,33 @@ def _lofi(mode: str, *settings: str) -> tuple:
 
 LOFI_STAGES = ("lofi", "head", "eval")
 ROWS: Dict[str, Row] = {
-    "icp": Row("ICP analogue (random init, frozen)", ("1",), ("head", "eval"), upstream=None),
-    "icp_imagenet": Row("ICP (ImageNet weights, frozen)", ("1",), ("head", "eval"), upstream="imagenet"),
-    "acp": Row("ACP (frozen)", ("1", "2", "6"), ("head", "eval")),
-    "acp_plus": Row("ACP+ (fine-tuned on foreground segments, frozen)", ("1",), ("acp+", "head", "eval")),
-    "s_lofi": Row("S-LoFi (r_s = 2)", ("2",), LOFI_STAGES, _lofi("s", "lofi.schedule.r_s=2.0")),
-    "t_lofi": Row("T-LoFi (r_t = 4)", ("2",), LOFI_STAGES, _lofi("t", "lofi.schedule.r_t=4")),
-    "st_lofi": Row("ST-LoFi (r_t = 2, r_s = √2)", ("2",), LOFI_STAGES,
+    "icp": Row("ICP analogue (random init, frozen)", ("head", "eval"), upstream=None),
+    "icp_imagenet": Row("ICP (ImageNet weights, frozen)", ("head", "eval"), upstream="imagenet"),
+    "acp": Row("ACP (frozen)", ("head", "eval")),
+    "acp_plus": Row("ACP+ (fine-tuned on foreground segments, frozen)", ("acp+", "head", "eval")),
+    "s_lofi": Row("S-LoFi (r_s = 2)", LOFI_STAGES, _lofi("s", "lofi.schedule.r_s=2.0")),
+    "t_lofi": Row("T-LoFi (r_t = 4)", LOFI_STAGES, _lofi("t", "lofi.schedule.r_t=4")),
+    "st_lofi": Row("ST-LoFi (r_t = 2, r_s = √2)", LOFI_STAGES,
                    _lofi("st", "lofi.schedule.st_r_t=2", f"lofi.schedule.st_r_s={math.sqrt(2)!r}")),
-    "short_c_lofi": Row("Short C-LoFi (c_s = 16)", ("2",), LOFI_STAGES, _lofi("short_cycle", "lofi.schedule.c_s=16")),
-    "long_c_lofi": Row("LoFi = Long C-LoFi (c_l = 1)", ("1", "2", "6"), LOFI_STAGES,
+    "short_c_lofi": Row("Short C-LoFi (c_s = 16)", LOFI_STAGES, _lofi("short_cycle", "lofi.schedule.c_s=16")),
+    "long_c_lofi": Row("LoFi = Long C-LoFi (c_l = 1)", LOFI_STAGES,
                        _lofi("long_cycle", "lofi.schedule.c_l=1")),
-    "r34_acp": Row("TSM-R34 ACP (frozen)", ("6",), ("head", "eval"), encoder="tsm_r34"),
-    "r34_long_c_lofi": Row("TSM-R34 Long C-LoFi", ("6",), LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r34"),
-    "r50_acp": Row("TSM-R50 ACP (frozen)", ("6",), ("head", "eval"), encoder="tsm_r50"),
-    "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", ("6",), LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r50"),
+    # Control (not in the paper): the LoFi stage with a vanishing learning rate, so only the encoder's BN running
+    # statistics move (re-estimated on the target videos at the LoFi fidelities): what LoFi gains without learning.
+    "acp_bn_only": Row("control: ACP + target BN statistics only (LoFi stage, lr 1e-12)", LOFI_STAGES,
+                       _lofi("long_cycle", "lofi.schedule.c_l=1", "lofi.optim.lr=1e-12")),
+    "r34_acp": Row("TSM-R34 ACP (frozen)", ("head", "eval"), encoder="tsm_r34"),
+    "r34_long_c_lofi": Row("TSM-R34 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r34"),
+    "r50_acp": Row("TSM-R50 ACP (frozen)", ("head", "eval"), encoder="tsm_r50"),
+    "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r50"),
 }
 TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
               "2": ("acp", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi", "long_c_lofi"),
-              "6": ("acp", "long_c_lofi", "r34_acp", "r34_long_c_lofi", "r50_acp", "r50_long_c_lofi")}
+              "6": ("acp", "long_c_lofi", "r34_acp", "r34_long_c_lofi", "r50_acp", "r50_long_c_lofi"),
+              "control": ("acp", "acp_bn_only", "long_c_lofi")}
 TABLE_TITLES = {"1": "Table 1 analogue: encoder pretraining", "2": "Table 2 analogue: LoFi configurations",
-                "6": "Table 6 analogue: encoder depth (TSM-R18 / R34 / R50)"}
+                "6": "Table 6 analogue: encoder depth (TSM-R18 / R34 / R50)",
+                "control": "Control (ours, not in the paper): is LoFi's gain learning, or BN statistics on the target?"}
 # The paper's numbers (mAP %, ActivityNet-1.3 validation and HACS-1.1) for [0.5, 0.75, 0.95, avg]; Table 6: avg only.
 PAPER = {
     "icp": ([48.45, 32.40, 6.89, 32.16], [31.74, 19.64, 5.67, 20.18]),
@@ -117,7 +122,7 @@ PRESETS = {
                      "I->II->III cycle (batch 8 -> 4 steps per epoch, SGD lr 0.1, momentum 0, wd 1e-4: the paper's); "
                      "head 30 epochs (Adam 1e-3, batch 4), best epoch by validation average mAP."),
         overrides=("lofi.epochs=3",),
-        tables=("1", "2", "6"), smoke_seeds=(0,)),
+        tables=("1", "2", "control", "6"), smoke_seeds=(0,)),
     "gpu": Preset(
         description=("lofi.data.synthetic preset `demo` enlarged to 160 videos (120 training / 40 validation), "
                      "8 classes, 800 clips; full fidelity 32 snippets x 8 frames at 112x112; LoFi 12 epochs "
@@ -586,7 +591,7 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
                               f"{', '.join(map(str, acp))} s.")
             lines.append("")
         shown: set = set()
-        for t in ("1", "2", "6"):
+        for t in TABLE_ROWS:
             rows = [r for r in TABLE_ROWS[t] if r in summary]
             lines += [f"### {TABLE_TITLES[t]}", ""]
             if len(rows) < 2 or set(rows) <= shown:
@@ -594,9 +599,10 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
                           "all shown above).", ""]
                 continue
             shown |= set(rows)
-            lines += ["Ours (synthetic benchmark):", "", ours_table(summary, rows), "",
-                      "The paper's numbers (ActivityNet-1.3 / HACS-1.1, from the paper, **not ours**):", "",
-                      paper_table(rows, t), ""]
+            lines += ["Ours (synthetic benchmark):", "", ours_table(summary, rows), ""]
+            if t != "control":
+                lines += ["The paper's numbers (ActivityNet-1.3 / HACS-1.1, from the paper, **not ours**):", "",
+                          paper_table(rows, t), ""]
         lines += ["### Commands (one per number)", "",
                   "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
                   "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]
@@ -648,10 +654,10 @@ def write_results(results_root: Path, doc: Path, memory_file: Optional[Path] = N
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--smoke", action="store_true", help="one seed (the preset's smoke seeds), tables 1 and 2")
+    p.add_argument("--smoke", action="store_true", help="one seed (the preset's smoke seeds), tables 1, 2 and control")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--rows", help=f"comma-separated rows (default: every row of --tables); valid: {', '.join(ROWS)}")
-    p.add_argument("--tables", help="comma-separated tables among 1,2,6 (default: the preset's)")
+    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control (default: the preset's)")
     p.add_argument("--out", type=Path, help="where the cell JSONs go (default: docs/results/<preset>)")
     p.add_argument("--imagenet", help="a local ImageNet state dict: the true ICP row replaces the random-init analogue")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild docs/RESULTS.md from the cell JSONs")
@@ -670,10 +676,10 @@ def main(argv=None) -> int:
     if not args.aggregate_only:
         seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds
                  else list(preset.smoke_seeds if args.smoke else preset.seeds))
-        tables = args.tables.split(",") if args.tables else (("1", "2") if args.smoke else preset.tables)
+        tables = args.tables.split(",") if args.tables else (("1", "2", "control") if args.smoke else preset.tables)
         bad = [t for t in tables if t not in TABLE_ROWS]
         if bad:
-            raise SystemExit(f"--tables: unknown table(s) {bad}; valid: 1, 2, 6")
+            raise SystemExit(f"--tables: unknown table(s) {bad}; valid: {', '.join(TABLE_ROWS)}")
         rows = select_rows(preset, tables, args.rows.split(",") if args.rows else None, args.imagenet)
         print(f"preset {args.preset}: rows {rows}, seeds {seeds} -> {out}", flush=True)
         t0 = time.perf_counter()
