@@ -453,7 +453,8 @@ def paper_table(rows: Sequence[str], table: str) -> str:
     for r in rows:
         if r in PAPER:
             anet, hacs = PAPER[r]
-            lines.append(f"| {ROWS[r].label} | " + " | ".join(fmt(v) for v in anet + (hacs or [None] * 4)) + " |")
+            label = "ICP (ImageNet weights)" if r == "icp" else ROWS[r].label
+            lines.append(f"| {label} | " + " | ".join(fmt(v) for v in anet + (hacs or [None] * 4)) + " |")
     return "\n".join(lines)
 
 
