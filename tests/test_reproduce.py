@@ -125,6 +125,8 @@ def test_results_markdown_and_plots(tmp_path):
     assert "LoFi gradients reach the encoder (checked)." in text
     c_lofi = next(line for line in text.splitlines() if line.startswith("| C-LoFi"))
     assert "| 5.10 | 0.26 | 6 |" in c_lofi  # the largest of S/T/ST per video, the smallest batch
+    assert "full (tsm_r18): 4 videos on 4 GPUs (does not fit the paper's batch 16)" in text
+    assert "S-LoFi (tsm_r18): 24 videos on 4 GPUs (fits" in text
     for name in ("map_vs_tiou", "memory", "training_curves", "timelines_acp", "timelines_long_c_lofi"):
         png = root / "cpu" / f"{name}.png"
         assert png.is_file() and 0 < png.stat().st_size < 200_000, name

@@ -622,8 +622,18 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
                   f"(saved-activation bytes of encoder + fused G-TAD head, fp32; SGAlign: {memory['sgalign_path']}); "
                   "C-LoFi cycles through S/T/ST at a constant batch, so its memory is their maximum. "
                   "Command: `PYTHONPATH=. python tools/bench_memory.py --budget-gib 32`.", "",
-                  memory_table(memory), ""]
+                  memory_table(memory), "", claim_one(memory), ""]
     return "\n".join(lines)
+
+
+def claim_one(memory: dict, gpus: int = 4, batch: int = 16) -> str:
+    """The paper's claim 1 checked on the memory table: does a global batch of 16 fit 4 GPUs of the budget?"""
+    out = []
+    for r in memory_rows(memory):
+        fits = r["max_batch"] * gpus
+        out.append(f"{r['config']} ({r['encoder']}): {fits} videos on {gpus} GPUs "
+                   f"({'fits' if fits >= batch else 'does not fit'} the paper's batch {batch})")
+    return (f"The paper's claim 1 on {gpus} × {memory['budget_gib']:g} GiB (4 V100s): " + "; ".join(out) + ".")
 
 
 def write_results(results_root: Path, doc: Path, memory_file: Optional[Path] = None) -> str:
