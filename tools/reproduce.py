@@ -1,8 +1,8 @@
 """The reproduction study (issue 6): the paper's Tables 1, 2 and 6 and its memory claim, re-run on the synthetic TAL
 benchmark with several seeds; writes one JSON per cell (row × seed) and ``docs/RESULTS.md`` with its plots.
 
-    PYTHONPATH=. python tools/reproduce.py --preset cpu [--smoke] [--seeds 0,1,2] [--rows acp,long_c_lofi]
-                                           [--tables 1,2,6] [--out DIR] [--imagenet PATH] [--aggregate-only]
+    PYTHONPATH=. python tools/reproduce.py --preset cpu|gpu [--smoke] [--seeds 0,1,2] [--rows acp,long_c_lofi]
+        [--tables 1,2,control,6] [--out DIR] [--imagenet PATH] [--max-minutes M] [--no-report] [--aggregate-only]
 
 Each cell runs the project's own training (``python -m lofi.train``, one subprocess per cell, config = the demo
 config + the preset's and the row's overrides) into ``work_dirs/repro/<preset>/seed<k>/<row>`` (``/tmp`` for the gpu
@@ -14,6 +14,9 @@ once per (encoder, seed) into ``seed<k>/_acp_<encoder>`` and every row of that s
 (``model.weights``). Everything downstream of ACP (ACP+, LoFi, the frozen-encoder head, eval) runs per row and seed.
 The stage-3 head (features at full fidelity, fresh G-TAD + video classifier, G-TAD's recipe) is identical for every row.
 The benchmark's data (``lofi.data.synthetic``) is the same for every seed: a seed changes initialisation and data order.
+
+Several processes may run the same command at once: each cell (and each shared ACP) is claimed by a lock file, so
+they split the cells. On a busy machine, processes with ``OMP_NUM_THREADS=1`` were faster than torch's default threads.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -100,8 +103,8 @@ PAPER = {
 
 @dataclass(frozen=True)
 class Preset:
-    """A scale of the study: the benchmark (``data``: lofi.train overrides of data.synthetic.*), the training
-    overrides applied to lofi/configs/demo.yaml for every cell, and the default seeds/tables."""
+    """A scale of the study: lofi.train overrides applied to lofi/configs/demo.yaml for every cell (the benchmark's
+    data.synthetic.* and the training recipe), the default seeds/tables/rows, and where work directories go."""
     description: str
     overrides: tuple
     seeds: tuple = (0, 1, 2)
@@ -182,7 +185,8 @@ def claim(path: Path):
         path.unlink(missing_ok=True)
 
 
-def select_rows(preset: Preset, tables: Sequence[str], rows: Optional[Sequence[str]], imagenet: Optional[str]) -> List[str]:
+def select_rows(preset: Preset, tables: Sequence[str], rows: Optional[Sequence[str]],
+                imagenet: Optional[str]) -> List[str]:
     """The rows to run, in table order: ``rows`` if given, else the preset's rows or every row of ``tables``.
     The ICP row is the random-init analogue unless ``imagenet`` (a local state dict) gives the true ICP row."""
     if rows:
@@ -257,7 +261,8 @@ def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str]
     else:
         weights = None
     overrides = [f"name={row_name}", f"stages=[{','.join(row.stages)}]", f"model.encoder={row.encoder}",
-                 f"model.weights={weights or 'null'}", *common_overrides(preset, shards, seed, seed_dir), *row.overrides]
+                 f"model.weights={weights or 'null'}", *common_overrides(preset, shards, seed, seed_dir),
+                 *row.overrides]
     run_dir = seed_dir / row_name
     seconds = run_logged(train_command(overrides), run_dir / "stdout.log")
     return cell_record(preset_name, row_name, seed, run_dir, seconds, upstream, overrides,
@@ -449,7 +454,8 @@ def paper_table(rows: Sequence[str], table: str) -> str:
         lines = ["| row (paper, ActivityNet-1.3) | average mAP |", "|---|---|"]
         lines += [f"| {ROWS[r].label} | {fmt(PAPER[r][0][3])} |" for r in rows if r in PAPER]
         return "\n".join(lines)
-    lines = ["| row (paper) | ANet @0.5 | @0.75 | @0.95 | avg | HACS @0.5 | @0.75 | @0.95 | avg |", "|---|" + "---|" * 8]
+    lines = ["| row (paper) | ANet @0.5 | @0.75 | @0.95 | avg | HACS @0.5 | @0.75 | @0.95 | avg |",
+             "|---|" + "---|" * 8]
     for r in rows:
         if r in PAPER:
             anet, hacs = PAPER[r]
@@ -473,7 +479,8 @@ def memory_rows(memory: dict) -> List[dict]:
 def memory_table(memory: dict) -> str:
     gib = 2 ** 30
     full = {r["encoder"]: r["per_video_bytes"] for r in memory.get("budget", []) if r["config"] == "full"}
-    lines = [f"| config | encoder | L×T×H² | per video (GiB) | × full | largest batch in {memory['budget_gib']:g} GiB |",
+    budget = memory["budget_gib"]
+    lines = [f"| config | encoder | L×T×H² | per video (GiB) | × full | largest batch in {budget:g} GiB |",
              "|---|---|---|---|---|---|"]
     for r in memory_rows(memory):
         ratio = r["per_video_bytes"] / full[r["encoder"]] if r["encoder"] in full else float("nan")
@@ -564,7 +571,8 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
     """docs/RESULTS.md: one section per preset (``{preset: {summary, cells, notes, plots}}``), the memory table."""
     lines = ["# Reproduction study: LoFi on the synthetic TAL benchmark",
              "",
-             "Generated by `tools/reproduce.py` from the cell JSONs under `docs/results/<preset>/` (one per row × seed); "
+             "Generated by `tools/reproduce.py` from the cell JSONs under `docs/results/<preset>/` "
+             "(one per row × seed); "
              "do not edit by hand: notes go in `docs/results/<preset>/NOTES.md`, which is copied here.",
              "",
              "**Our numbers are on the synthetic benchmark (`lofi.data.synthetic`), not on ActivityNet or HACS.** The "
@@ -583,7 +591,8 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
         secs = [c["seconds"]["cell"] for c in cells]
         if secs:
             lines += [f"{len(cells)} cells; wall time per cell {min(secs):.0f}-{max(secs):.0f} s "
-                      f"(mean {sum(secs) / len(secs):.0f} s) on {sec.get('machine', 'this machine')}; validation videos "
+                      f"(mean {sum(secs) / len(secs):.0f} s) on {sec.get('machine', 'this machine')}; "
+                      "validation videos "
                       f"per cell: {sorted({c['metrics']['num_videos'] for c in cells})}; uniform-random-proposal "
                       f"baseline avg mAP {sum(c['metrics']['baseline_avg'] for c in cells) / len(cells):.2f}."]
             acp = sorted({round(c["upstream"]["acp_seconds"]) for c in cells if c["upstream"].get("acp_seconds")})
