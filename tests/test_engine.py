@@ -100,7 +100,7 @@ def test_auto_micro_batch_scales_with_budget():
     torch.manual_seed(0)
     enc = build_encoder("tsm_r18")
     model = EndToEnd(enc, GTAD(enc.out_dim))
-    small, large = Fidelity(4, 2, 32, 32), Fidelity(8, 2, 32, 32)
+    small, large = Fidelity(2, 2, 32, 32), Fidelity(4, 2, 32, 32)
     per_small, per_large = (per_video_bytes(model, f, torch.device("cpu")) for f in (small, large))
     assert 0 < per_small < per_large  # linear in L for the encoder, plus the head
     params = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
