@@ -91,6 +91,7 @@ def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
            class_scores: Union[torch.Tensor, str, os.PathLike, dict, None] = None,
            classes: Optional[Sequence[str]] = None, sigma: float = 0.8, top_k: int = 100, top_classes: int = 2) -> dict:
     """GTAD output for a batch + the reader's meta (``id``, ``duration`` s) → ActivityNet-format results.
+    Videos marked ``pad`` (the reader's padding duplicates) are left out.
 
     ``class_scores``: (B, K) probabilities with ``classes`` (K names), a CUHK-format file path, or ``load_cuhk``'s
     output; None gives proposals only. Returns {"detections": {vid: [{label, score, segment}]} (≤ top_classes·top_k per
@@ -100,6 +101,8 @@ def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
     L = pred["start"].shape[1]
     proposals = {}
     for b, m in enumerate(meta):
+        if m.get("pad"):  # the reader's padding duplicate of a video already in the evaluation
+            continue
         duration = float(m["duration"])
         seconds = (segs[b, :counts[b]].double() / L * duration).clamp(0.0, duration).cpu().tolist()
         proposals[m["id"]] = [{"score": float(sc), "segment": seg}
@@ -109,6 +112,8 @@ def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
     per_video, names, source = _class_scores(class_scores, classes, meta)
     detections = {}
     for m, cls in zip(meta, per_video):
+        if m.get("pad"):
+            continue
         top = torch.topk(cls, min(top_classes, cls.numel()))
         detections[m["id"]] = [{"label": names[c], "score": p["score"] * float(cs), "segment": p["segment"]}
                                for p in proposals[m["id"]] for cs, c in zip(top.values.tolist(), top.indices.tolist())]

@@ -72,6 +72,19 @@ def test_snippets_are_independent_and_checkpointing_matches():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+def test_checkpointing_updates_bn_statistics_once():
+    torch.manual_seed(0)
+    plain = build_encoder("tsm_r18").train()
+    ck = build_encoder("tsm_r18", checkpoint_chunks=3).train()
+    ck.load_state_dict(plain.state_dict())
+    x = frames(1, 3, 2, size=16)
+    ck(x).sum().backward()  # BN sees one chunk (here one snippet) at a time ...
+    for chunk in x.split(1, dim=1):  # ... as separate forwards would; the recomputation adds no update
+        plain(chunk)
+    for (name, a), b in zip(plain.state_dict().items(), ck.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_channels_last_matches():
     enc = build_encoder("tsm_r18").eval()
     cl = build_encoder("tsm_r18", channels_last=True).eval()

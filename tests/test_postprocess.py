@@ -99,3 +99,25 @@ def test_result_json_written_atomically(tmp_path):
     assert data["external_data"]["classifier"] == out["classifier"]
     assert set(data["results"]) == {"vidA", "vidB"}
     assert list(path.parent.iterdir()) == [path]
+
+
+def test_padding_duplicates_are_left_out():
+    meta = META + [dict(META[0], pad=True)]
+    pred = perfect_pred(meta, 25)
+    pred["maps"][2] = 0  # a padding row must not overwrite vidA's results
+    out = detect(pred, meta, class_scores=torch.rand(3, 4), classes=CLASSES, top_k=5)
+    assert set(out["proposals"]) == set(out["detections"]) == {"vidA", "vidB"}
+    assert out["proposals"]["vidA"][0]["score"] > 0.8
+
+
+def test_perfect_maps_and_classes_give_full_map_at_low_tiou():
+    from lofi.evaluation import evaluate_detection, evaluate_proposals
+
+    gt = {"database": {m["id"]: {"subset": "validation", "duration": m["duration"], "annotations": m["annotations"]}
+                       for m in META}}
+    probs = torch.tensor([[0.0, 0.9, 0.1, 0.0], [0.0, 0.1, 0.9, 0.0]])
+    out = detect(perfect_pred(META, 100), META, class_scores=probs, classes=CLASSES)
+    result = evaluate_detection(gt, result_json(out["detections"], out["classifier"]), tiou_thresholds=[0.5, 0.9])
+    assert result["mAP"] == [1.0, 1.0]
+    ar = evaluate_proposals(gt, result_json(out["proposals"], None))
+    assert ar["AUC"] > 0.9

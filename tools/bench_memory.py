@@ -130,7 +130,7 @@ def mib(b) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", default="tsm_r18", help="comma-separated encoder names (default tsm_r18)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--budget-gib", type=float, default=None, help="also report per-video training memory and "
                         "the largest batch that fits this many GiB")
     parser.add_argument("--json", type=Path, default=None, help="write the figures as JSON here")

@@ -96,6 +96,29 @@ class SnippetEncoder(nn.Module):
             x = x.float() * self.scale + self.shift
             return self.encode_snippets(x).float()
 
+    def _once_updating_bn(self):
+        """``_snippets`` for one checkpointed chunk: its recomputation in backward leaves BN running statistics alone
+        (momentum 0), so each chunk updates them once, as a forward of that chunk alone would."""
+        calls = []
+
+        def run(x):
+            if not calls:
+                calls.append(True)
+                return self._snippets(x)
+            bns = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+            saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                     for m in bns]
+            for m in bns:
+                m.momentum = 0.0
+            try:
+                return self._snippets(x)
+            finally:
+                for m, (momentum, tracked) in zip(bns, saved):
+                    m.momentum = momentum
+                    if tracked is not None:
+                        m.num_batches_tracked.copy_(tracked)
+        return run
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """frames uint8 (B, L, T, 3, H, W) → snippet features float32 (B, C, L)."""
         if frames.dim() != 6 or frames.shape[3] != 3:
@@ -106,7 +129,7 @@ class SnippetEncoder(nn.Module):
         x = frames.flatten(0, 1)
         chunks = min(self.checkpoint_chunks, x.shape[0])
         if chunks > 1 and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            feats = torch.cat([checkpoint(self._snippets, c, use_reentrant=False) for c in x.chunk(chunks)])
+            feats = torch.cat([checkpoint(self._once_updating_bn(), c, use_reentrant=False) for c in x.chunk(chunks)])
         else:
             feats = self._snippets(x)
         return feats.view(b, l, -1).transpose(1, 2)
