@@ -9,7 +9,7 @@ Per codec and fidelity (full 100×8@224², S 100×8@112², T 25×8@224², ST 50�
   ceiling-gops    PyAV decoding exactly the GOPs the sampled frames need (seek to each needed keyframe, decode to the
                   last needed frame, RGB conversion of the needed ones), the index precomputed outside the timing
   decode          the backend's decoder on the sampled unique frames (cpu: lofi.data.backend_cpu.decode_frames)
-  resize+crop     the backend's resize (antialias) + centre crop of those frames
+  resize+crop     the backend's resize (antialias) + centre crop of those frames (cpu: backend_cpu.crop_into)
   delivery-serial build_loader with num_workers=0 (cpu) or one DALI thread: decode, sample, resize, collate
   delivery        build_loader with --workers DataLoader workers (cpu) or --workers DALI threads
 Stage and serial figures are per CPU-second of this process (the least of --repeats runs, interleaved), so they
@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lofi import benchmark  # noqa: E402
 from lofi.data import build_loader  # noqa: E402
-from lofi.data.backend_cpu import decode_frames, gop_runs, stream_index  # noqa: E402
+from lofi.data.backend_cpu import crop_into, decode_frames, gop_runs, stream_index  # noqa: E402
 from lofi.data.sampling import snippet_frame_indices  # noqa: E402
-from lofi.data.spatial import apply_crop, crop_params  # noqa: E402
+from lofi.data.spatial import crop_params  # noqa: E402
 from lofi.fidelity import Fidelity, LoFiSchedule  # noqa: E402
 
 FIDELITIES = {"full": Fidelity(100, 8, 224, 224), "s": Fidelity(100, 8, 112, 112), "t": Fidelity(25, 8, 224, 224),
@@ -218,10 +218,12 @@ def main():
                     pts, keyframes = stream_index(c)
                 ceiling, decode = best_seconds([lambda: gop_ceiling(s["mp4"], u, pts, keyframes),
                                                 lambda: decode_frames(s["mp4"], u)], args.repeats)
-                decoded = torch.from_numpy(decode_frames(s["mp4"], u)).permute(0, 3, 1, 2)
+                decoded = decode_frames(s["mp4"], u)
+                out = torch.empty((len(u), 3, fid.H, fid.W), dtype=torch.uint8)
                 t["ceiling-gops"] += ceiling
                 t["decode"] += decode
-                t["resize+crop"] += best_seconds([lambda: apply_crop(decoded, crop)], args.repeats)[0]
+                t["resize+crop"] += best_seconds([lambda: crop_into(decoded, np.arange(len(u)), crop, out)],
+                                                 args.repeats)[0]
             figures = {("ffmpeg", "ceiling-ffmpeg (whole stream)"): ff,
                        ("pyav", "ceiling-gops"): n_unique / t["ceiling-gops"],
                        ("cpu", "decode"): n_unique / t["decode"], ("cpu", "resize+crop"): n_unique / t["resize+crop"]}
