@@ -11,11 +11,8 @@ import av
 import numpy as np
 import torch
 
+from .reader import CorruptSample
 from .spatial import Crop, apply_crop
-
-
-class CorruptSample(Exception):
-    """A sample that cannot be decoded; the front end skips, counts and reports it."""
 
 
 def stream_index(container: "av.container.InputContainer") -> Tuple[List[int], List[int]]:

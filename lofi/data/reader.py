@@ -30,10 +30,13 @@ import torch
 import webdataset as wds
 
 from ..fidelity import Fidelity
-from .backend_cpu import CorruptSample
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
 from .shardlist import Shard
 from .spatial import crop_params
+
+class CorruptSample(Exception):
+    """A sample that cannot be read or decoded; the front end skips, counts and reports it."""
+
 
 REQUIRED = ("id", "duration", "fps", "num_frames", "width", "height")
 
