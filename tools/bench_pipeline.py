@@ -178,6 +178,16 @@ def delivery_seconds(shards: str, fid: Fidelity, backend: str, workers: int, dal
     return clock() - start
 
 
+def bottleneck(decode: float, resize: float, serial: float) -> str:
+    """The largest part of the serial cpu delivery and every part's share; the stage times are best-of-N and the
+    delivery one run, so the shares are of max(serial, decode + resize)."""
+    parts = {"decode": decode, "resize+crop": resize, "rest": max(0.0, serial - decode - resize)}
+    total = sum(parts.values())
+    top = max(parts, key=parts.get)
+    listed = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in parts.items())
+    return f"bottleneck **{top}** {100 * parts[top] / total:.0f}% of the serial cpu delivery ({listed})"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=1)
@@ -232,12 +242,7 @@ def main():
                 figures[("cpu", "delivery-serial")] = n_unique / serial
                 figures[("cpu", f"delivery ({args.workers} workers)")] = (
                     n_unique / delivery_seconds(str(shard_dir), fid, "cpu", args.workers))
-                parts = {"decode": t["decode"], "resize+crop": t["resize+crop"],
-                         "rest": max(0.0, serial - t["decode"] - t["resize+crop"])}
-                top = max(parts, key=parts.get)
-                shares.append(f"{codec} {name}: bottleneck **{top}** {100 * parts[top] / serial:.0f}% of the serial "
-                              f"cpu delivery (" + ", ".join(f"{k} {100 * v / serial:.0f}%" for k, v in parts.items())
-                              + ")")
+                shares.append(f"{codec} {name}: " + bottleneck(t["decode"], t["resize+crop"], serial))
             if "dali" in backends and codec in ("vp9", "mjpeg"):
                 dec = res = 0.0
                 for s, u, crop in zip(samples, uniques, crops):
