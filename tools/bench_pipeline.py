@@ -16,8 +16,10 @@ Stage and serial figures are per CPU-second of this process (the least of --repe
 are per core and robust to other load; the parallel deliveries are per wall-clock second. Unique frames = distinct
 frame indices the sampler asks for. The bottleneck of the serial cpu delivery is named with its share of the time (decode / resize+crop / the rest: reading, planning, gathering, collating).
 
-    PYTHONPATH=. python tools/bench_pipeline.py [--videos 1] [--seconds 60] [--codecs h264,vp9,mjpeg]
-        [--fidelities full,s,t,st] [--backends cpu,dali] [--workers 2] [--json PATH] [--no-record]
+    PYTHONPATH=. python tools/bench_pipeline.py [--videos 1] [--seconds 60] [--codecs vp9] [--fidelities full,t]
+        [--backends cpu,dali] [--workers 2] [--repeats 2] [--json PATH] [--no-record]
+The default (one 60 s vp9 video, full and T-LoFi) takes about a minute once the shards are cached; the recorded run:
+    --videos 2 --seconds 120 --repeats 3 --codecs h264,vp9,mjpeg --fidelities full,s,t,st
 """
 import argparse
 import importlib.util
@@ -192,11 +194,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=1)
     p.add_argument("--seconds", type=float, default=60.0, help="length of each generated video")
-    p.add_argument("--codecs", default="h264,vp9,mjpeg")
-    p.add_argument("--fidelities", default="full,s,t,st")
+    p.add_argument("--codecs", default="vp9", help="comma-separated from h264,vp9,mjpeg")
+    p.add_argument("--fidelities", default="full,t", help="comma-separated from full,s,t,st")
     p.add_argument("--backends", default="cpu,dali")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (cpu) / DALI threads for 'delivery'")
-    p.add_argument("--repeats", type=int, default=3, help="stage timings: the best of this many runs")
+    p.add_argument("--repeats", type=int, default=2, help="stage timings: the best of this many runs")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lofi_bench_pipeline"))
     p.add_argument("--json", help="write the figures as JSON to this path")
     p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
