@@ -183,8 +183,9 @@ def test_dali_cpu_matches_pyav(mjpeg, vp9):
     for root, subset in ((mjpeg, "validation"), (vp9, "training")):
         runs = {}
         for backend in ("cpu", "dali"):
-            loader = build_loader(root, subset, batch_size=2, schedule=LoFiSchedule("short_cycle", Fidelity(8, 2, 32, 32),
-                                  r_t=2, st_r_t=2, c_s=1), train=True, epoch=0, seed=3, backend=backend, num_workers=1)
+            sched = LoFiSchedule("short_cycle", Fidelity(8, 2, 32, 32), r_t=2, st_r_t=2, c_s=1)
+            loader = build_loader(root, subset, batch_size=2, schedule=sched, train=True, epoch=0, seed=3,
+                                  backend=backend, num_workers=1)
             assert loader.backend == ("cpu" if backend == "cpu" else "dali-cpu")
             runs[backend] = collect(loader)
         assert len(runs["cpu"]) == len(runs["dali"])

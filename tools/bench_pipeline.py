@@ -14,7 +14,8 @@ Per codec and fidelity (full 100×8@224², S 100×8@112², T 25×8@224², ST 50�
   delivery        build_loader with --workers DataLoader workers (cpu) or --workers DALI threads
 Stage and serial figures are per CPU-second of this process (the least of --repeats runs, interleaved), so they
 are per core and robust to other load; the parallel deliveries are per wall-clock second. Unique frames = distinct
-frame indices the sampler asks for. The bottleneck of the serial cpu delivery is named with its share of the time (decode / resize+crop / the rest: reading, planning, gathering, collating).
+frame indices the sampler asks for. The bottleneck of the serial cpu delivery is named with its share of the time
+(decode / resize+crop / the rest: reading, planning, gathering, collating).
 
     PYTHONPATH=. python tools/bench_pipeline.py [--videos 1] [--seconds 60] [--codecs vp9] [--fidelities full,t]
         [--backends cpu,dali] [--workers 2] [--repeats 2] [--json PATH] [--no-record]

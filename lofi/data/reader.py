@@ -66,7 +66,8 @@ class FrontEnd(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.fills_frames = shuffle_buffer, fills_frames
         order = (np.random.default_rng(_seed(seed, epoch)).permutation(len(shards)) if train
                  else np.arange(len(shards)))
-        self.units: List[Tuple[int, int, Optional[int]]] = [(int(s), k, seg) for s in order for k, seg in shards[s].units()]
+        self.units: List[Tuple[int, int, Optional[int]]] = [
+            (int(s), k, seg) for s in order for k, seg in shards[s].units()]
         if not self.units:
             raise ValueError("the shards hold no " + ("annotated segments" if foreground else "samples"))
         self.num_batches = math.ceil(len(self.units) / (world_size * batch_size))
