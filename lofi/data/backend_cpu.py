@@ -5,7 +5,7 @@ the keyframe and decodes up to the last needed frame of that group; frames betwe
 """
 import bisect
 import io
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import av
 import numpy as np
@@ -95,12 +95,18 @@ def crop_into(decoded: List[np.ndarray], positions: np.ndarray, crop: Crop, out:
                 out[row] = out[rows[0]]
 
 
-def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int], out: torch.Tensor,
-                  threads: int = 1) -> None:
-    """Fills `out` uint8 (L·T, 3, H, W) with the snippet frames `frames` (L, T), each distinct frame decoded,
-    resized and cropped once. `size` is the (height, width) the json states; another stream size is corrupt."""
+def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int],
+                  out: Optional[torch.Tensor] = None, threads: int = 1) -> torch.Tensor:
+    """uint8 (L, T, 3, H, W): the snippet frames `frames` (L, T), each distinct frame decoded, resized and cropped once.
+
+    Written into `out` (L·T, 3, H, W) when given (the front end passes its batch row), else into a new tensor.
+    `size` is the (height, width) the json states; a stream of another size is corrupt (the crop assumed it).
+    """
     unique, positions = np.unique(frames, return_inverse=True)
     decoded = decode_frames(encoded, unique, threads)
     if decoded[0].shape[:2] != tuple(size):
         raise CorruptSample(f"frames are {decoded[0].shape[1]}x{decoded[0].shape[0]}, the json says {size[1]}x{size[0]}")
+    if out is None:
+        out = torch.empty((frames.size, 3, crop.H, crop.W), dtype=torch.uint8)
     crop_into(decoded, positions.reshape(-1), crop, out)
+    return out.view(*frames.shape, 3, crop.H, crop.W)

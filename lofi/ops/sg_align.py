@@ -8,15 +8,16 @@ It equals ``torchvision.ops.roi_align(x[:, :, None], [b, start, 0, end, 1], (1, 
 
 Both ops are linear in their inputs, so each is a *sampling plan*: a sparse matrix whose row ``(roi, bin)`` holds the
 averaged interpolation weights over a contiguous run of snippets (REFERENCE.md §4.1 item 2). The compiled kernels
-(``torch.ops.lofi.sg_align_*``) build that plan once per ROI tensor (cached, see :func:`sampling_plan`) and apply it
-as a sparse product; backward applies its transpose gather-style, so CPU and CUDA gradients are deterministic
-(no atomics). The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
+(``torch.ops.lofi.sg_align_*``) build that plan once per set of ROIs (cached, see :func:`sampling_plan`) and apply it
+as a sparse product. Backward applies its transpose without atomics, so gradients are deterministic (the only
+mode): CUDA sums over a transposed plan, one thread per input-gradient element; the CPU threads own channel blocks.
+The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
 
 ROIs are ``(R, 3)`` rows ``[batch_index, start, end]`` in snippet units (continuous positions, 0..T).
 """
 import collections
 import weakref
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -64,7 +65,8 @@ def _check_features(name: str, x, like: Optional[torch.Tensor] = None) -> None:
         raise ValueError(f"{name} must have shape (B, C, T), got rank {x.dim()} shape {tuple(x.shape)}")
     allowed = _CUDA_DTYPES if x.is_cuda else _CPU_DTYPES
     if x.dtype not in allowed:
-        raise ValueError(f"{name} has dtype {x.dtype}; on {x.device.type} it must be one of {[str(d) for d in allowed]}")
+        names = [str(d) for d in allowed]
+        raise ValueError(f"{name} has dtype {x.dtype}; on {x.device.type} it must be one of {names}")
     if x.shape[2] < 1:
         raise ValueError(f"{name} must have T >= 1 snippets, got shape {tuple(x.shape)}")
     if like is not None:
@@ -112,13 +114,15 @@ def _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
         raise ValueError(f"weight must have shape (O, C*(inner_bins+ctx_bins)) = (O, {channels}), got {shape}")
     if weight.dtype != x.dtype or weight.device != x.device:
-        raise ValueError(f"weight must match x's dtype/device ({x.dtype}, {x.device}), got ({weight.dtype}, {weight.device})")
+        raise ValueError(f"weight must match x's dtype/device ({x.dtype}, {x.device}), "
+                         f"got ({weight.dtype}, {weight.device})")
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],):
             shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must have shape (O,) = ({weight.shape[0]},) or be None, got {shape}")
         if bias.dtype != x.dtype or bias.device != x.device:
-            raise ValueError(f"bias must match x's dtype/device ({x.dtype}, {x.device}), got ({bias.dtype}, {bias.device})")
+            raise ValueError(f"bias must match x's dtype/device ({x.dtype}, {x.device}), "
+                             f"got ({bias.dtype}, {bias.device})")
 
 
 def _position_dtype(x: torch.Tensor) -> torch.dtype:
@@ -193,19 +197,18 @@ def sg_align_reference(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bo
     return out.view(R, bins, C).transpose(1, 2).to(x.dtype)
 
 
-def _project_weight(weight: torch.Tensor, channels: int, first: int, last: int) -> torch.Tensor:
+def _project_weight(weight: torch.Tensor, channels: int, bins: int, first: int, last: int) -> torch.Tensor:
     """weight (O, C*P) -> (C, (last-first)*O): the columns of bins first..last-1, laid out [c, bin, o]."""
     O = weight.shape[0]
-    bins = weight.shape[1] // channels
     return weight.view(O, channels, bins)[:, :, first:last].permute(1, 2, 0).reshape(channels, (last - first) * O)
 
 
 def _project_sources(x, x_ctx, weight, inner_bins, ctx_bins) -> torch.Tensor:
     """Z (B, P, T, O): bin p's 1x1-conv slice applied to its source (x for inner bins, x_ctx for context bins)."""
     B, C, T = x.shape
-    O = weight.shape[0]
-    z_in = x.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, 0, inner_bins)
-    z_ctx = x_ctx.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, inner_bins, inner_bins + ctx_bins)
+    O, P = weight.shape[0], inner_bins + ctx_bins
+    z_in = x.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, P, 0, inner_bins)
+    z_ctx = x_ctx.transpose(1, 2).reshape(B * T, C) @ _project_weight(weight, C, P, inner_bins, P)
     z = torch.cat([z_in.view(B, T, inner_bins, O), z_ctx.view(B, T, ctx_bins, O)], dim=2)
     return z.permute(0, 2, 1, 3)
 
@@ -277,32 +280,51 @@ def _transpose_plan(plan: _Plan, num_batches: int, sources: int, length: int) ->
     return torch.searchsorted(key, bounds), row[order], plan.weight[order]
 
 
-_PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
-_PLAN_CACHE_SIZE = 8
+class _CacheEntry:
+    def __init__(self, rois: torch.Tensor, plan: _Plan):
+        self.rois = rois.detach().clone()  # the content the plan was built for (R x 3 numbers)
+        self.source, self.version = weakref.ref(rois), rois._version  # fast path: the very same, unmodified tensor
+        self.plan = plan
 
 
-def sampling_plan(rois: torch.Tensor, length: int, bins: Sequence[int], double: bool) -> _Plan:
-    """The compiled sampling plan of ``rois`` over T=``length`` snippets for the concatenated bin groups ``bins``.
+_PLAN_CACHE: "collections.OrderedDict[tuple, _CacheEntry]" = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 4
 
-    Cached (8 entries, least recently used out) while the same ROI tensor object is alive and unmodified
-    (``rois._version``), so G-TAD's fixed anchor tensor is planned once per T; any other ROIs are planned per call.
+
+def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Sequence[int], double: bool) -> _Plan:
+    """The compiled sampling plan of ``rois`` over T=``length`` snippets and B=``num_batches`` videos for the
+    concatenated bin groups ``bins`` (e.g. [32, 4]); positions and weights in float64 when ``double``, else float32.
+
+    Cached by content (4 entries, least recently used out), so G-TAD's anchors are planned once per (B, T) even when
+    the caller rebuilds the ROI tensor every step. The same unmodified tensor object hits without looking at the
+    values; an equal copy costs one comparison (a host sync on CUDA). Plans made under inference mode are not kept.
     """
     bins = [int(b) for b in bins]
-    try:
-        version = rois._version
-    except RuntimeError:  # inference tensors have no version counter: plan without caching
-        version = None
-    key = (id(rois), version, rois.device, length, tuple(bins), double)
-    hit = _PLAN_CACHE.get(key) if version is not None else None
-    if hit is not None and hit[0]() is rois:
+    key = (tuple(rois.shape), rois.dtype, rois.device, length, num_batches, tuple(bins), double)
+    entry = _PLAN_CACHE.get(key)
+    if entry is not None:
+        same = entry.source() is rois and not rois.is_inference() and rois._version == entry.version
+        if same or torch.equal(entry.rois, rois):
+            _PLAN_CACHE.move_to_end(key)
+            return entry.plan
+    plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, bins, double)), sum(bins))
+    if not torch.is_inference_mode_enabled() and not rois.is_inference():
+        _PLAN_CACHE[key] = _CacheEntry(rois, plan)
         _PLAN_CACHE.move_to_end(key)
-        return hit[1]
-    plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, bins, double)), sum(bins))
-    if version is not None:
-        _PLAN_CACHE[key] = (weakref.ref(rois), plan)
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
             _PLAN_CACHE.popitem(last=False)
     return plan
+
+
+def _scatter(grad_rows: torch.Tensor, plan: _Plan, num_batches: int, sources: int, length: int) -> torch.Tensor:
+    """Transpose of the gather: grad (R, Q, D) -> (B, S, T, D). CUDA gathers over the transposed plan (built once
+    and kept with the plan); the CPU kernel scatters over channel blocks and needs none."""
+    if grad_rows.is_cuda:
+        transposed = plan.transposed(num_batches, sources, length)
+    else:
+        transposed = (plan.row_ptr.new_empty(0),) * 2 + (plan.weight.new_empty(0),)
+    return torch.ops.lofi.sg_align_scatter(grad_rows, *plan.tensors(), *transposed, plan.bins, num_batches, sources,
+                                           length)
 
 
 class _SGAlignFunction(torch.autograd.Function):
@@ -319,8 +341,10 @@ class _SGAlignFunction(torch.autograd.Function):
     def backward(ctx, grad):
         B, C, T = ctx.shape
         plan = ctx.plan
-        grad_rows = grad.transpose(1, 2)  # (R, P, C)
-        g = torch.ops.lofi.sg_align_scatter(grad_rows, *plan.transposed(B, 1, T), plan.bins, B, 1, T)
+        grad_rows = grad.transpose(1, 2)  # (R, P, C) view
+        if grad_rows.is_cuda:
+            grad_rows = grad_rows.contiguous()  # coalesced reads in the CUDA gather
+        g = _scatter(grad_rows, plan, B, 1, T)
         return g.view(B, T, C).transpose(1, 2).contiguous(), None
 
 
@@ -332,7 +356,7 @@ class _SGAlignProjectFunction(torch.autograd.Function):
         ctx.save_for_backward(x, x_ctx, weight, *plan.tensors())
         z = _project_sources(x, x_ctx, weight, inner_bins, ctx_bins)  # (B, P, T, O)
         out = torch.ops.lofi.sg_align_gather(z, *plan.tensors(), plan.bins, True)
-        return out + bias if bias is not None else out
+        return out.add_(bias) if bias is not None else out  # out is a fresh tensor of ours
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -341,12 +365,12 @@ class _SGAlignProjectFunction(torch.autograd.Function):
         plan, (inner_bins, ctx_bins) = ctx.plan, ctx.bins
         B, C, T = x.shape
         O, P = weight.shape[0], plan.bins
-        gz = torch.ops.lofi.sg_align_scatter(grad.unsqueeze(1), *plan.transposed(B, P, T), P, B, P, T)
+        gz = _scatter(grad.unsqueeze(1), plan, B, P, T)  # (B, P, T, O)
         gz = gz.permute(0, 2, 1, 3).reshape(B * T, P * O)  # rows (b, t), columns (bin, o)
         grads = []
         for src, first, last in ((x, 0, inner_bins), (x_ctx, inner_bins, P)):
             gz_src = gz[:, first * O:last * O]
-            w = _project_weight(weight, C, first, last)
+            w = _project_weight(weight, C, P, first, last)
             gx = (gz_src @ w.t()).view(B, T, C).transpose(1, 2).contiguous()
             gw = (src.transpose(1, 2).reshape(B * T, C).t() @ gz_src).view(C, last - first, O)
             grads.append((gx, gw))
@@ -370,7 +394,7 @@ def sg_align(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bool = True)
     _check_bins("bins", bins)
     if not _kernels_serve(x):
         return sg_align_reference(x, rois, bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], [bins], x.dtype == torch.float64)
+    plan = sampling_plan(rois, x.shape[2], x.shape[0], [bins], x.dtype == torch.float64)
     return _SGAlignFunction.apply(x, plan)
 
 
@@ -382,9 +406,17 @@ def sg_align_project(x: torch.Tensor, x_ctx: torch.Tensor, rois: torch.Tensor, w
     Equals ``linear(cat([sg_align(x, rois, inner_bins), sg_align(x_ctx, rois, ctx_bins)], 2).flatten(1), weight, bias)``
     without materializing the (R, C*(inner_bins+ctx_bins)) tensor: x, x_ctx (B, C, T); rois (R, 3);
     weight (O, C*P), ``weight[o, c*P + p]``; bias (O,) or None. Gradients flow to x, x_ctx, weight and bias.
+    Under autocast the floating inputs are cast to the autocast dtype (CUDA) or float32 (CPU), as for a conv.
     """
+    device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    if torch.is_autocast_enabled(device_type):  # like a conv: one compute dtype (fp32 on the CPU kernels)
+        dtype = torch.get_autocast_dtype(device_type) if device_type == "cuda" else torch.float32
+        x, x_ctx, weight = (t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (x, x_ctx, weight))
+        bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
+        with torch.autocast(device_type, enabled=False):
+            return sg_align_project(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     if not _kernels_serve(x):
         return sg_align_project_reference(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], [inner_bins, ctx_bins], x.dtype == torch.float64)
+    plan = sampling_plan(rois, x.shape[2], x.shape[0], [inner_bins, ctx_bins], x.dtype == torch.float64)
     return _SGAlignProjectFunction.apply(x, x_ctx, weight, bias, plan, inner_bins, ctx_bins)
