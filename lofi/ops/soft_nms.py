@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import extension
 
 METHODS = {"gaussian": 0, "linear": 1, "hard": 2}
 DTYPES = (torch.float32, torch.float64)
@@ -148,8 +149,12 @@ def batched_soft_nms(segments: torch.Tensor, scores: torch.Tensor, num_valid: Op
     ``check=False`` skips the NaN/inf and num_valid range checks, which sync with the GPU.
     """
     _validate(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check, batched=True)
-    # The compiled kernels (torch.ops.lofi.batched_soft_nms) land in the next commit.
-    return batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check=False)
+    if not extension.use_kernel(scores):
+        return batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check=False)
+    if num_valid is not None:
+        num_valid = num_valid.to(torch.int64)
+    return torch.ops.lofi.batched_soft_nms(segments, scores, num_valid, float(sigma), top_k, METHODS[method],
+                                           float(iou_threshold))
 
 
 def soft_nms(segments: torch.Tensor, scores: torch.Tensor, sigma: float = 0.8, top_k: int = 100,
