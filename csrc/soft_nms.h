@@ -1,8 +1,11 @@
-// Soft-NMS pieces shared by the CPU (csrc/cpu/soft_nms.cpp) and CUDA (csrc/cuda/soft_nms.cu) kernels.
-// Semantics: lofi/ops/soft_nms.py. All arithmetic is in double, in the same order as the pure-PyTorch reference, so
-// the implementations differ only by the rounding of exp().
+// Soft-NMS arithmetic shared by the CPU (csrc/cpu/soft_nms.cpp) and CUDA (csrc/cuda/soft_nms.cu) kernels.
+// Semantics: lofi/ops/soft_nms.py. Everything is in double. A candidate's state is (base, decay):
+//   gaussian: base = log(score), decay = sum of IoU² with the picks so far; its key log(current score) is
+//             base - decay/sigma and its current score is score·exp(-decay/sigma), which equals the reference's
+//             product of per-pick weights exp(-IoU²/sigma) up to float64 rounding, while a step needs no exp;
+//   linear, hard: base = the current score (the key), multiplied by each pick's weight exactly as the reference does.
+// The argmax of the keys is the pick (ties: lowest index). T is double, or (CPU) a GCC vector of doubles.
 #pragma once
-#include <cmath>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -15,25 +18,40 @@ namespace lofi {
 
 enum SoftNmsMethod : int64_t { kGaussian = 0, kLinear = 1, kHard = 2 };
 
-struct SoftNmsParams {
-  int64_t method;
-  double sigma;
-  double iou_threshold;
-};
-
-// Exact 1-D IoU of [s1, s1 + l1] and [s2, s2 + l2] (e = end, l = end - start); a union <= 0 gives 0.
-LOFI_HOST_DEVICE double segment_iou(double s1, double e1, double l1, double s2, double e2, double l2) {
-  double inter = fmin(e1, e2) - fmax(s1, s2);
-  inter = inter > 0 ? inter : 0.0;
-  const double uni = (l1 + l2) - inter;
-  return uni > 0 ? inter / uni : 0.0;
+// Exact 1-D IoU of segments [s, e] (l = e - s) with one pick [ps, pe] (pl = pe - ps); a union <= 0 gives 0, and so
+// does any NaN coordinate (its length is NaN). Same operations, in the same order, as the pure-PyTorch reference.
+template <typename T>
+LOFI_HOST_DEVICE T segment_iou(T s, T e, T l, double ps, double pe, double pl) {
+  const T zero = T{};
+  T inter = (e < pe ? e : zero + pe) - (s > ps ? s : zero + ps);
+  inter = inter > zero ? inter : zero;
+  const T uni = (l + pl) - inter;
+  const T ratio = inter / (uni > zero ? uni : zero + 1.0);
+  return uni > zero ? ratio : zero;
 }
 
-// The factor a remaining candidate's score is multiplied by when a candidate it overlaps by `iou` is picked.
-LOFI_HOST_DEVICE double soft_nms_weight(double iou, const SoftNmsParams& p) {
-  if (p.method == kGaussian) return iou > 0 ? exp(-(iou * iou) / p.sigma) : 1.0;  // exp(-0) == 1 exactly
-  if (iou < p.iou_threshold) return 1.0;
-  return p.method == kLinear ? 1.0 - iou : 0.0;
+// Applies one pick that overlaps the candidate by `iou` to its state; returns its new key.
+template <int64_t method, typename T>
+LOFI_HOST_DEVICE T decay_key(T& base, T& decay, T iou, double inv_sigma, double iou_threshold) {
+  if constexpr (method == kGaussian) {
+    decay = decay + iou * iou;
+    return base - decay * inv_sigma;
+  } else {
+    const T zero = T{};
+    const T weight = method == kLinear ? T(1.0 - iou) : zero;
+    base = iou < iou_threshold ? base : base * weight;
+    return base;
+  }
+}
+
+// The key of a candidate whose state has not changed.
+template <int64_t method, typename T>
+LOFI_HOST_DEVICE T current_key(T base, T decay, double inv_sigma) {
+  if constexpr (method == kGaussian) {
+    return base - decay * inv_sigma;
+  } else {
+    return base;
+  }
 }
 
 }  // namespace lofi

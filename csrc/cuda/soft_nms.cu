@@ -1,0 +1,176 @@
+// Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' state (csrc/soft_nms.h) lives in
+// shared memory (global memory when a video is too large for it); each step, every thread updates its candidates
+// (j = thread, thread + blockDim, ...) against the previous pick while tracking the best key, and a block-wide argmax
+// (ties: lowest index) picks the next one. One __syncthreads per step: the per-warp partials are double-buffered and
+// every thread finishes the reduction itself, so all threads take the same decisions from the same data.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <cuda_runtime.h>
+
+#include <limits>
+
+#include "../soft_nms.h"
+
+namespace lofi {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+
+// Folds candidate (key, at) into the running best: larger key, then lower index; NaN keys never win.
+__device__ __forceinline__ void keep_best(double key, int at, double& best, int& best_at) {
+  if (key > best || (key == best && at < best_at)) {
+    best = key;
+    best_at = at;
+  }
+}
+
+template <typename scalar_t, int64_t method>
+__global__ void __launch_bounds__(kThreads)
+    soft_nms_kernel(const scalar_t* __restrict__ segments, const scalar_t* __restrict__ scores,
+                    const int64_t* __restrict__ num_valid, int n, int64_t top_k, double sigma, double iou_threshold,
+                    double* __restrict__ workspace, int64_t* __restrict__ out_index, scalar_t* __restrict__ out_score) {
+  extern __shared__ double shared_state[];
+  __shared__ double partial_key[2][kWarps];
+  __shared__ int partial_at[2][kWarps];
+  const int64_t video = blockIdx.x;
+  const scalar_t* seg = segments + video * n * 2;
+  const scalar_t* score = scores + video * n;
+  const int count = num_valid == nullptr ? n : static_cast<int>(min(max(num_valid[video], int64_t{0}), int64_t{n}));
+  double* base = workspace == nullptr ? shared_state : workspace + video * n * 2;
+  double* decay = base + n;  // used by the Gaussian method only
+  const double inf = std::numeric_limits<double>::infinity();
+  const double dead = method == kGaussian ? -inf : 0.0;
+  const double inv_sigma = 1.0 / sigma;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  for (int j = threadIdx.x; j < count; j += kThreads) {
+    const double s = static_cast<double>(score[j]);
+    base[j] = s > 0 ? (method == kGaussian ? log(s) : s) : dead;  // NaN and non-positive scores are never picked
+    if (method == kGaussian) decay[j] = 0.0;
+  }
+  double pick_start = 0, pick_end = 0, pick_length = 0;
+  for (int64_t k = 0; k < top_k; ++k) {
+    double best = -inf;
+    int best_at = n;
+    // Each thread only touches its own candidates j (also the pick's owner, which marked it dead): no race.
+    for (int j = threadIdx.x; j < count; j += kThreads) {
+      double b = base[j];
+      if (!(b > dead)) continue;  // picked or never positive
+      double d = method == kGaussian ? decay[j] : 0.0;
+      double key;
+      if (k > 0) {
+        const double s = static_cast<double>(seg[2 * j]), e = static_cast<double>(seg[2 * j + 1]);
+        key = decay_key<method>(b, d, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
+                                iou_threshold);
+        if (method == kGaussian) {
+          decay[j] = d;
+        } else {
+          base[j] = b;
+        }
+      } else {
+        key = current_key<method>(b, d, inv_sigma);
+      }
+      if (key > best) {  // j increases: the first of equal keys stays
+        best = key;
+        best_at = j;
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      keep_best(__shfl_down_sync(0xffffffffu, best, offset), __shfl_down_sync(0xffffffffu, best_at, offset), best,
+                best_at);
+    }
+    const int buffer = k & 1;  // written before this step's barrier, read after it, rewritten two steps later
+    if (lane == 0) {
+      partial_key[buffer][warp] = best;
+      partial_at[buffer][warp] = best_at;
+    }
+    __syncthreads();
+    best = partial_key[buffer][0];
+    best_at = partial_at[buffer][0];
+    for (int w = 1; w < kWarps; ++w) keep_best(partial_key[buffer][w], partial_at[buffer][w], best, best_at);
+    if (!(best > dead)) break;  // every thread sees the same data and leaves at the same step
+    // The current score; a Gaussian one may underflow to 0, as the reference's product does: then nothing is left.
+    const double value = method == kGaussian ? static_cast<double>(score[best_at]) * exp(-decay[best_at] / sigma) : best;
+    if (!(value > 0)) break;
+    if (best_at % kThreads == static_cast<int>(threadIdx.x)) {
+      out_index[video * top_k + k] = best_at;
+      out_score[video * top_k + k] = static_cast<scalar_t>(value);
+      base[best_at] = dead;
+    }
+    pick_start = static_cast<double>(seg[2 * best_at]);
+    pick_end = static_cast<double>(seg[2 * best_at + 1]);
+    pick_length = pick_end - pick_start;
+  }
+}
+
+template <typename scalar_t, int64_t method>
+void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, double sigma, int64_t top_k,
+            double iou_threshold, at::Tensor& out_index, at::Tensor& out_score) {
+  const int64_t b = sc.size(0), n = sc.size(1);
+  const size_t state_bytes = (method == kGaussian ? 2 : 1) * n * sizeof(double);
+  const auto kernel = soft_nms_kernel<scalar_t, method>;
+  int device, optin;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  at::Tensor workspace;
+  size_t shared_bytes = state_bytes;
+  if (state_bytes + attributes.sharedSizeBytes > static_cast<size_t>(optin)) {
+    workspace = at::empty({b, 2 * n}, sc.options().dtype(at::kDouble));  // a video too large for shared memory
+    shared_bytes = 0;
+  } else if (shared_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_bytes)));
+  }
+  kernel<<<static_cast<unsigned>(b), kThreads, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+      seg.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), valid, static_cast<int>(n), top_k, sigma, iou_threshold,
+      workspace.defined() ? workspace.data_ptr<double>() : nullptr, out_index.data_ptr<int64_t>(),
+      out_score.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cuda(const at::Tensor& segments, const at::Tensor& scores,
+                                                         const std::optional<at::Tensor>& num_valid, double sigma,
+                                                         int64_t top_k, int64_t method, double iou_threshold) {
+  TORCH_CHECK(segments.dim() == 3 && segments.size(2) == 2, "segments must be (B, N, 2)");
+  TORCH_CHECK(scores.dim() == 2 && scores.sizes() == segments.sizes().slice(0, 2), "scores must be (B, N)");
+  TORCH_CHECK(scores.scalar_type() == segments.scalar_type(), "segments and scores must have one dtype");
+  TORCH_CHECK(segments.is_cuda() && scores.device() == segments.device(), "segments and scores must be on one GPU");
+  TORCH_CHECK(top_k >= 1 && sigma > 0 && method >= kGaussian && method <= kHard, "bad top_k, sigma or method");
+  const int64_t b = scores.size(0), n = scores.size(1);
+  TORCH_CHECK(n < (int64_t{1} << 30) && b < (int64_t{1} << 31), "too many candidates or videos");
+  if (num_valid.has_value()) {
+    TORCH_CHECK(num_valid->dim() == 1 && num_valid->size(0) == b && num_valid->scalar_type() == at::kLong &&
+                    num_valid->device() == scores.device(),
+                "num_valid must be int64 (B,) on the scores' device");
+  }
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const auto seg = segments.contiguous();
+  const auto sc = scores.contiguous();
+  const auto valid = num_valid.has_value() ? num_valid->contiguous() : at::Tensor();
+  auto out_index = at::full({b, top_k}, -1, scores.options().dtype(at::kLong));
+  auto out_score = at::zeros({b, top_k}, scores.options());
+  if (b == 0 || n == 0) return {out_index, out_score};
+  const int64_t* valid_ptr = valid.defined() ? valid.data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "batched_soft_nms_cuda", [&] {
+    if (method == kGaussian) {
+      launch<scalar_t, kGaussian>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+    } else if (method == kLinear) {
+      launch<scalar_t, kLinear>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+    } else {
+      launch<scalar_t, kHard>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+    }
+  });
+  return {out_index, out_score};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lofi, CUDA, m) { m.impl("batched_soft_nms", &batched_soft_nms_cuda); }
+
+}  // namespace lofi
