@@ -1,11 +1,12 @@
 // Soft-NMS arithmetic shared by the CPU (csrc/cpu/soft_nms.cpp) and CUDA (csrc/cuda/soft_nms.cu) kernels.
-// Semantics: lofi/ops/soft_nms.py. Everything is in double. A candidate's state is (base, decay):
-//   gaussian: base = log(score), decay = sum of IoU² with the picks so far; its key log(current score) is
-//             base - decay/sigma and its current score is score·exp(-decay/sigma), which equals the reference's
-//             product of per-pick weights exp(-IoU²/sigma) up to float64 rounding, while a step needs no exp;
-//   linear, hard: base = the current score (the key), multiplied by each pick's weight exactly as the reference does.
-// The argmax of the keys is the pick (ties: lowest index). T is double, or (CPU) a GCC vector of doubles.
+// Semantics: lofi/ops/soft_nms.py. Everything is in double. Each candidate carries one number, its key:
+//   gaussian: key = log(current score): log(score) lowered by IoU²/sigma per pick, so a step needs no exp; the current
+//             score score·exp(key - log(score)) equals the reference's product of weights exp(-IoU²/sigma) up to
+//             float64 rounding;
+//   linear, hard: key = the current score, multiplied by each pick's weight exactly as the reference does.
+// The pick is the argmax of the keys (ties: lowest index). T is double, or (CPU) a GCC vector of doubles.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #ifdef __CUDACC__
@@ -21,37 +22,36 @@ enum SoftNmsMethod : int64_t { kGaussian = 0, kLinear = 1, kHard = 2 };
 // Exact 1-D IoU of segments [s, e] (l = e - s) with one pick [ps, pe] (pl = pe - ps); a union <= 0 gives 0, and so
 // does any NaN coordinate (its length is NaN). Same operations, in the same order, as the pure-PyTorch reference.
 template <typename T>
-LOFI_HOST_DEVICE T segment_iou(T s, T e, T l, double ps, double pe, double pl) {
+LOFI_HOST_DEVICE T segment_iou(T s, T e, T l, T ps, T pe, T pl) {
   const T zero = T{};
-  T inter = (e < pe ? e : zero + pe) - (s > ps ? s : zero + ps);
+  T inter = (e < pe ? e : pe) - (s > ps ? s : ps);
   inter = inter > zero ? inter : zero;
   const T uni = (l + pl) - inter;
   const T ratio = inter / (uni > zero ? uni : zero + 1.0);
   return uni > zero ? ratio : zero;
 }
 
-// Applies one pick that overlaps the candidate by `iou` to its state; returns its new key.
+// The key of a positive score before any pick.
+LOFI_HOST_DEVICE double initial_key(double score, int64_t method) { return method == kGaussian ? log(score) : score; }
+
+// The key of a candidate that can never be picked (picked already, never positive): below every positive key.
+LOFI_HOST_DEVICE double dead_key(int64_t method) { return method == kGaussian ? -INFINITY : 0.0; }
+
+// A candidate's key after a pick that overlaps it by `iou`.
 template <int64_t method, typename T>
-LOFI_HOST_DEVICE T decay_key(T& base, T& decay, T iou, double inv_sigma, double iou_threshold) {
+LOFI_HOST_DEVICE T decayed_key(T key, T iou, double inv_sigma, double iou_threshold) {
   if constexpr (method == kGaussian) {
-    decay = decay + iou * iou;
-    return base - decay * inv_sigma;
+    return key - iou * iou * inv_sigma;
   } else {
-    const T zero = T{};
-    const T weight = method == kLinear ? T(1.0 - iou) : zero;
-    base = iou < iou_threshold ? base : base * weight;
-    return base;
+    const T weight = method == kLinear ? T(1.0 - iou) : T{};
+    return iou < iou_threshold ? key : key * weight;
   }
 }
 
-// The key of a candidate whose state has not changed.
-template <int64_t method, typename T>
-LOFI_HOST_DEVICE T current_key(T base, T decay, double inv_sigma) {
-  if constexpr (method == kGaussian) {
-    return base - decay * inv_sigma;
-  } else {
-    return base;
-  }
+// The current score of a candidate with original `score` and `key`.
+LOFI_HOST_DEVICE double current_score(double key, double score, int64_t method) {
+  if (method != kGaussian || key == INFINITY) return key;  // an infinite score stays infinite, as in the reference
+  return score * exp(key - log(score));
 }
 
 }  // namespace lofi

@@ -1,13 +1,12 @@
 // Soft-NMS on the CPU: one video per task (at::parallel_for over the batch), eager O(top_k·N) per video, stopping
-// at top_k. Per video, the candidates with a positive score (and index < num_valid) are packed in order into double
-// arrays; each step updates all of them against the previous pick and takes the argmax of their keys in the same
-// pass, kLanes candidates at a time in GCC vectors (AVX-512 / AVX2 / SSE2 clones). State and keys: csrc/soft_nms.h.
+// at top_k. Per video, the candidates with a positive score (and index < num_valid) are packed in order; each step
+// updates all their keys against the previous pick and takes the argmax in the same pass, kLanes candidates at a
+// time in GCC vectors (AVX-512 / AVX2 / SSE2 clones). Keys and IoU: csrc/soft_nms.h.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -29,42 +28,46 @@ typedef int64_t vlong __attribute__((vector_size(kLanes * sizeof(int64_t)), alig
 #define LOFI_VECTOR_CLONES
 #endif
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// Key of a candidate that can no longer be picked (picked, padding): never above `dead` of soft_nms_video().
-inline double dead_base(int64_t method) { return method == kGaussian ? -kInf : 0.0; }
-
-// A video's candidates, packed and padded to a multiple of kLanes.
+// A video's candidates, packed in order and padded to a multiple of kLanes. Per block of kLanes candidates, the
+// smallest start and largest end (NaN ignored): a pick outside that span leaves the block's keys unchanged.
 struct Packed {
-  std::vector<double> start, end, length, base, decay;
+  std::vector<double> start, end;
+  std::vector<double> key, block_start, block_end;
   std::vector<int64_t> index;  // original index of each packed candidate
   int64_t size = 0;
 };
+
+inline vdouble load(const double* p) { return *reinterpret_cast<const vdouble*>(p); }
+inline vdouble broadcast(double x) { return vdouble{x, x, x, x, x, x, x, x}; }
 
 struct Pick {
   double start, end, length;
 };
 
-inline vdouble load(const double* p) { return *reinterpret_cast<const vdouble*>(p); }
-inline void store(double* p, vdouble x) { *reinterpret_cast<vdouble*>(p) = x; }
-
-// Applies `pick` (none on the first step) to every packed candidate and returns the position of the largest key
-// (ties: the lowest position), and that key in `best_key` (-inf when every key is -inf or NaN).
+// Applies `pick` (none on the first step) to every packed key and returns the position of the largest key (ties: the
+// lowest position), and that key in `best_key` (-inf when every key is -inf or NaN). IoU 0 leaves a key unchanged
+// (Gaussian, or a positive threshold), so blocks that the pick does not reach are only scanned.
 template <int64_t method>
-LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double inv_sigma, double iou_threshold,
-                                             double& best_key) {
-  vdouble best = vdouble{} - kInf;
+LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double inv_sigma,
+                                             double iou_threshold, double& best_key) {
+  vdouble best = vdouble{} - std::numeric_limits<double>::infinity();
   vlong best_at = {}, at = {0, 1, 2, 3, 4, 5, 6, 7};
+  double* keys = v.key.data();
+  const bool skip_disjoint = method == kGaussian || iou_threshold > 0;
+  const double* starts = v.start.data();
+  const double* ends = v.end.data();
+  const double* block_start = v.block_start.data();
+  const double* block_end = v.block_end.data();
+  const double ps = pick ? pick->start : 0, pe = pick ? pick->end : 0;
+  const vdouble pick_start = broadcast(ps), pick_end = broadcast(pe), pick_length = broadcast(pick ? pick->length : 0);
   for (int64_t j = 0; j < v.size; j += kLanes, at += kLanes) {
-    vdouble base = load(&v.base[j]), decay = load(&v.decay[j]), key;
-    if (pick != nullptr) {
-      const vdouble iou = segment_iou(load(&v.start[j]), load(&v.end[j]), load(&v.length[j]), pick->start, pick->end,
-                                      pick->length);
-      key = decay_key<method>(base, decay, iou, inv_sigma, iou_threshold);
-      store(&v.base[j], base);
-      store(&v.decay[j], decay);
-    } else {
-      key = current_key<method>(base, decay, inv_sigma);
+    vdouble key = *reinterpret_cast<const vdouble*>(keys + j);
+    const int64_t block = j / kLanes;
+    if (pick != nullptr && (!skip_disjoint || (block_end[block] > ps && block_start[block] < pe))) {
+      const vdouble s = load(starts + j), e = load(ends + j);
+      const vdouble iou = segment_iou(s, e, e - s, pick_start, pick_end, pick_length);
+      key = decayed_key<method>(key, iou, inv_sigma, iou_threshold);
+      *reinterpret_cast<vdouble*>(keys + j) = key;
     }
     const vlong better = key > best;  // strict: the lowest position wins within a lane; NaN never wins
     best = better ? key : best;
@@ -89,38 +92,44 @@ void pack(const scalar_t* seg, const scalar_t* score, int64_t n, int64_t method,
     if (static_cast<double>(score[j]) > 0) v.index.push_back(j);  // NaN and non-positive scores are never picked
   }
   v.size = (static_cast<int64_t>(v.index.size()) + kLanes - 1) / kLanes * kLanes;
-  for (auto* a : {&v.start, &v.end, &v.length, &v.decay}) a->assign(v.size, 0.0);
-  v.base.assign(v.size, dead_base(method));
+  v.start.assign(v.size, 0);
+  v.end.assign(v.size, 0);
+  v.key.assign(v.size, dead_key(method));
+  v.block_start.assign(v.size / kLanes, std::numeric_limits<double>::infinity());
+  v.block_end.assign(v.size / kLanes, -std::numeric_limits<double>::infinity());
   for (size_t i = 0; i < v.index.size(); ++i) {
     const int64_t j = v.index[i];
     v.start[i] = static_cast<double>(seg[2 * j]);
     v.end[i] = static_cast<double>(seg[2 * j + 1]);
-    v.length[i] = v.end[i] - v.start[i];
-    const double s = static_cast<double>(score[j]);
-    v.base[i] = method == kGaussian ? std::log(s) : s;
+    v.key[i] = initial_key(static_cast<double>(score[j]), method);
+    double& lo = v.block_start[i / kLanes];
+    double& hi = v.block_end[i / kLanes];
+    lo = v.start[i] < lo ? v.start[i] : lo;
+    hi = v.end[i] > hi ? v.end[i] : hi;
   }
 }
 
 template <typename scalar_t>
 void soft_nms_video(const scalar_t* seg, const scalar_t* score, int64_t n, int64_t top_k, int64_t method,
-                    double sigma, double iou_threshold, int64_t* out_index, scalar_t* out_score, Packed& v) {
+                    double sigma, double iou_threshold, int64_t* out_index, scalar_t* out_score,
+                    Packed& v) {
   pack(seg, score, n, method, v);
   const auto update = method == kGaussian ? update_and_argmax<kGaussian>
                       : method == kLinear ? update_and_argmax<kLinear>
                                           : update_and_argmax<kHard>;
-  const double dead = dead_base(method);
+  const double dead = dead_key(method);
   Pick pick;
   for (int64_t k = 0; k < top_k; ++k) {
     double best;
     const int64_t i = update(v, k ? &pick : nullptr, 1.0 / sigma, iou_threshold, best);
     if (!(best > dead)) break;
-    // The current score; a Gaussian one may underflow to 0, as the reference's product does: then nothing is left.
-    const double value = method == kGaussian ? score[v.index[i]] * std::exp(-v.decay[i] / sigma) : best;
+    // A Gaussian score may underflow to 0, as the reference's product does: then nothing positive is left.
+    const double value = current_score(best, static_cast<double>(score[v.index[i]]), method);
     if (!(value > 0)) break;
     out_index[k] = v.index[i];
     out_score[k] = static_cast<scalar_t>(value);
-    pick = {v.start[i], v.end[i], v.length[i]};
-    v.base[i] = dead;
+    pick = {v.start[i], v.end[i], v.end[i] - v.start[i]};
+    v.key[i] = dead;
   }
 }
 

@@ -1,4 +1,4 @@
-// Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' state (csrc/soft_nms.h) lives in
+// Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' keys (csrc/soft_nms.h) live in
 // shared memory (global memory when a video is too large for it); each step, every thread updates its candidates
 // (j = thread, thread + blockDim, ...) against the previous pick while tracking the best key, and a block-wide argmax
 // (ties: lowest index) picks the next one. One __syncthreads per step: the per-warp partials are double-buffered and
@@ -9,8 +9,6 @@
 #include <torch/types.h>
 
 #include <cuda_runtime.h>
-
-#include <limits>
 
 #include "../soft_nms.h"
 
@@ -33,46 +31,35 @@ __global__ void __launch_bounds__(kThreads)
     soft_nms_kernel(const scalar_t* __restrict__ segments, const scalar_t* __restrict__ scores,
                     const int64_t* __restrict__ num_valid, int n, int64_t top_k, double sigma, double iou_threshold,
                     double* __restrict__ workspace, int64_t* __restrict__ out_index, scalar_t* __restrict__ out_score) {
-  extern __shared__ double shared_state[];
+  extern __shared__ double shared_keys[];
   __shared__ double partial_key[2][kWarps];
   __shared__ int partial_at[2][kWarps];
   const int64_t video = blockIdx.x;
   const scalar_t* seg = segments + video * n * 2;
   const scalar_t* score = scores + video * n;
   const int count = num_valid == nullptr ? n : static_cast<int>(min(max(num_valid[video], int64_t{0}), int64_t{n}));
-  double* base = workspace == nullptr ? shared_state : workspace + video * n * 2;
-  double* decay = base + n;  // used by the Gaussian method only
-  const double inf = std::numeric_limits<double>::infinity();
-  const double dead = method == kGaussian ? -inf : 0.0;
+  double* keys = workspace == nullptr ? shared_keys : workspace + video * n;
+  const double dead = dead_key(method);
   const double inv_sigma = 1.0 / sigma;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
+  // Thread t owns candidates t, t + kThreads, ...: it alone reads and writes their keys, so no barrier guards them.
   for (int j = threadIdx.x; j < count; j += kThreads) {
     const double s = static_cast<double>(score[j]);
-    base[j] = s > 0 ? (method == kGaussian ? log(s) : s) : dead;  // NaN and non-positive scores are never picked
-    if (method == kGaussian) decay[j] = 0.0;
+    keys[j] = s > 0 ? initial_key(s, method) : dead;  // NaN and non-positive scores are never picked
   }
   double pick_start = 0, pick_end = 0, pick_length = 0;
   for (int64_t k = 0; k < top_k; ++k) {
-    double best = -inf;
+    double best = -INFINITY;
     int best_at = n;
-    // Each thread only touches its own candidates j (also the pick's owner, which marked it dead): no race.
     for (int j = threadIdx.x; j < count; j += kThreads) {
-      double b = base[j];
-      if (!(b > dead)) continue;  // picked or never positive
-      double d = method == kGaussian ? decay[j] : 0.0;
-      double key;
+      double key = keys[j];
+      if (!(key > dead)) continue;  // picked, suppressed or never positive: stays so
       if (k > 0) {
         const double s = static_cast<double>(seg[2 * j]), e = static_cast<double>(seg[2 * j + 1]);
-        key = decay_key<method>(b, d, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
-                                iou_threshold);
-        if (method == kGaussian) {
-          decay[j] = d;
-        } else {
-          base[j] = b;
-        }
-      } else {
-        key = current_key<method>(b, d, inv_sigma);
+        key = decayed_key<method>(key, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
+                                  iou_threshold);
+        keys[j] = key;
       }
       if (key > best) {  // j increases: the first of equal keys stays
         best = key;
@@ -92,14 +79,15 @@ __global__ void __launch_bounds__(kThreads)
     best = partial_key[buffer][0];
     best_at = partial_at[buffer][0];
     for (int w = 1; w < kWarps; ++w) keep_best(partial_key[buffer][w], partial_at[buffer][w], best, best_at);
-    if (!(best > dead)) break;  // every thread sees the same data and leaves at the same step
-    // The current score; a Gaussian one may underflow to 0, as the reference's product does: then nothing is left.
-    const double value = method == kGaussian ? static_cast<double>(score[best_at]) * exp(-decay[best_at] / sigma) : best;
+    // Every thread reduced the same partials, so all take the same decisions and leave at the same step.
+    if (!(best > dead)) break;
+    // A Gaussian score may underflow to 0, as the reference's product does: then nothing positive is left.
+    const double value = current_score(best, static_cast<double>(score[best_at]), method);
     if (!(value > 0)) break;
     if (best_at % kThreads == static_cast<int>(threadIdx.x)) {
       out_index[video * top_k + k] = best_at;
       out_score[video * top_k + k] = static_cast<scalar_t>(value);
-      base[best_at] = dead;
+      keys[best_at] = dead;
     }
     pick_start = static_cast<double>(seg[2 * best_at]);
     pick_end = static_cast<double>(seg[2 * best_at + 1]);
@@ -111,7 +99,7 @@ template <typename scalar_t, int64_t method>
 void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, double sigma, int64_t top_k,
             double iou_threshold, at::Tensor& out_index, at::Tensor& out_score) {
   const int64_t b = sc.size(0), n = sc.size(1);
-  const size_t state_bytes = (method == kGaussian ? 2 : 1) * n * sizeof(double);
+  const size_t state_bytes = n * sizeof(double);
   const auto kernel = soft_nms_kernel<scalar_t, method>;
   int device, optin;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -121,7 +109,7 @@ void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, d
   at::Tensor workspace;
   size_t shared_bytes = state_bytes;
   if (state_bytes + attributes.sharedSizeBytes > static_cast<size_t>(optin)) {
-    workspace = at::empty({b, 2 * n}, sc.options().dtype(at::kDouble));  // a video too large for shared memory
+    workspace = at::empty({b, n}, sc.options().dtype(at::kDouble));  // a video too large for shared memory
     shared_bytes = 0;
   } else if (shared_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
