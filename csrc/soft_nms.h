@@ -15,6 +15,14 @@
 #define LOFI_HOST_DEVICE inline
 #endif
 
+// A product that the compiler may not fuse with a following add into an FMA (nvcc fuses by default; the CPU kernel
+// is built without contraction), so that CPU and CUDA keys round alike.
+#ifdef __CUDA_ARCH__
+#define LOFI_UNFUSED_MUL(a, b) __dmul_rn(a, b)
+#else
+#define LOFI_UNFUSED_MUL(a, b) ((a) * (b))
+#endif
+
 namespace lofi {
 
 enum SoftNmsMethod : int64_t { kGaussian = 0, kLinear = 1, kHard = 2 };
@@ -41,7 +49,7 @@ LOFI_HOST_DEVICE double dead_key(int64_t method) { return method == kGaussian ? 
 template <int64_t method, typename T>
 LOFI_HOST_DEVICE T decayed_key(T key, T iou, double inv_sigma, double iou_threshold) {
   if constexpr (method == kGaussian) {
-    return key - iou * iou * inv_sigma;
+    return key - LOFI_UNFUSED_MUL(LOFI_UNFUSED_MUL(iou, iou), inv_sigma);
   } else {
     const T weight = method == kLinear ? T(1.0 - iou) : T{};
     return iou < iou_threshold ? key : key * weight;
