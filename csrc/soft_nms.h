@@ -6,8 +6,11 @@
 //   linear, hard: key = the current score, multiplied by each pick's weight exactly as the reference does.
 // The pick is the argmax of the keys (ties: lowest index). T is double, or (CPU) a GCC vector of doubles.
 #pragma once
+#include <torch/types.h>
+
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #ifdef __CUDACC__
 #define LOFI_HOST_DEVICE __host__ __device__ __forceinline__
@@ -60,6 +63,24 @@ LOFI_HOST_DEVICE T decayed_key(T key, T iou, double inv_sigma, double iou_thresh
 LOFI_HOST_DEVICE double current_score(double key, double score, int64_t method) {
   if (method != kGaussian || key == INFINITY) return key;  // an infinite score stays infinite, as in the reference
   return score * exp(key - log(score));
+}
+
+// Checks the arguments of lofi::batched_soft_nms on any device (lofi/ops/soft_nms.py validates them first, with
+// messages that name the argument; these guard direct torch.ops calls).
+inline void check_soft_nms_args(const at::Tensor& segments, const at::Tensor& scores,
+                                const std::optional<at::Tensor>& num_valid, double sigma, int64_t top_k,
+                                int64_t method) {
+  TORCH_CHECK(segments.dim() == 3 && segments.size(2) == 2, "segments must be (B, N, 2)");
+  TORCH_CHECK(scores.dim() == 2 && scores.sizes() == segments.sizes().slice(0, 2), "scores must be (B, N)");
+  TORCH_CHECK(scores.scalar_type() == segments.scalar_type(), "segments and scores must have one dtype");
+  TORCH_CHECK(scores.device() == segments.device(), "segments and scores must be on one device");
+  TORCH_CHECK(top_k >= 1 && sigma > 0 && method >= kGaussian && method <= kHard, "bad top_k, sigma or method");
+  TORCH_CHECK(scores.size(1) < (int64_t{1} << 30), "more than 2^30 candidates per video");
+  if (num_valid.has_value()) {
+    TORCH_CHECK(num_valid->dim() == 1 && num_valid->size(0) == scores.size(0) &&
+                    num_valid->scalar_type() == at::kLong && num_valid->device() == scores.device(),
+                "num_valid must be int64 (B,) on the scores' device");
+  }
 }
 
 }  // namespace lofi

@@ -136,15 +136,8 @@ void soft_nms_video(const scalar_t* seg, const scalar_t* score, int64_t n, int64
 std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cpu(const at::Tensor& segments, const at::Tensor& scores,
                                                         const std::optional<at::Tensor>& num_valid, double sigma,
                                                         int64_t top_k, int64_t method, double iou_threshold) {
-  TORCH_CHECK(segments.dim() == 3 && segments.size(2) == 2, "segments must be (B, N, 2)");
-  TORCH_CHECK(scores.dim() == 2 && scores.sizes() == segments.sizes().slice(0, 2), "scores must be (B, N)");
-  TORCH_CHECK(scores.scalar_type() == segments.scalar_type(), "segments and scores must have one dtype");
-  TORCH_CHECK(top_k >= 1 && sigma > 0 && method >= kGaussian && method <= kHard, "bad top_k, sigma or method");
+  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method);
   const int64_t b = scores.size(0), n = scores.size(1);
-  if (num_valid.has_value()) {
-    TORCH_CHECK(num_valid->dim() == 1 && num_valid->size(0) == b && num_valid->scalar_type() == at::kLong,
-                "num_valid must be int64 (B,)");
-  }
   const auto seg = segments.contiguous();
   const auto sc = scores.contiguous();
   const auto valid = num_valid.has_value() ? num_valid->contiguous() : at::Tensor();

@@ -125,18 +125,9 @@ void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, d
 std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cuda(const at::Tensor& segments, const at::Tensor& scores,
                                                          const std::optional<at::Tensor>& num_valid, double sigma,
                                                          int64_t top_k, int64_t method, double iou_threshold) {
-  TORCH_CHECK(segments.dim() == 3 && segments.size(2) == 2, "segments must be (B, N, 2)");
-  TORCH_CHECK(scores.dim() == 2 && scores.sizes() == segments.sizes().slice(0, 2), "scores must be (B, N)");
-  TORCH_CHECK(scores.scalar_type() == segments.scalar_type(), "segments and scores must have one dtype");
-  TORCH_CHECK(segments.is_cuda() && scores.device() == segments.device(), "segments and scores must be on one GPU");
-  TORCH_CHECK(top_k >= 1 && sigma > 0 && method >= kGaussian && method <= kHard, "bad top_k, sigma or method");
+  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method);
+  TORCH_CHECK(scores.is_cuda() && scores.size(0) < (int64_t{1} << 31), "scores must be on a GPU, < 2^31 videos");
   const int64_t b = scores.size(0), n = scores.size(1);
-  TORCH_CHECK(n < (int64_t{1} << 30) && b < (int64_t{1} << 31), "too many candidates or videos");
-  if (num_valid.has_value()) {
-    TORCH_CHECK(num_valid->dim() == 1 && num_valid->size(0) == b && num_valid->scalar_type() == at::kLong &&
-                    num_valid->device() == scores.device(),
-                "num_valid must be int64 (B,) on the scores' device");
-  }
   const c10::cuda::CUDAGuard guard(scores.device());
   const auto seg = segments.contiguous();
   const auto sc = scores.contiguous();
