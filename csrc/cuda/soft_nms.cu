@@ -1,7 +1,7 @@
-// Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' keys (csrc/soft_nms.h) live in
-// shared memory (global memory when a video is too large for it); each step, every thread updates its candidates
-// (j = thread, thread + blockDim, ...) against the previous pick while tracking the best key, and a block-wide argmax
-// (ties: lowest index) picks the next one. One __syncthreads per step: the per-warp partials are double-buffered and
+// Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' keys (csrc/soft_nms.h) and
+// segments live in shared memory (global memory when a video is too large for it); each step, every thread updates
+// its candidates against the previous pick while tracking the best key (warps skip chunks of 32 candidates the pick
+// does not reach), and a block-wide argmax (ties: lowest index) picks the next one. One __syncthreads per step: the per-warp partials are double-buffered and
 // every thread finishes the reduction itself, so all threads take the same decisions from the same data.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,44 +26,79 @@ __device__ __forceinline__ void keep_best(double key, int at, double& best, int&
   }
 }
 
+// Per video, in shared memory (or the global workspace): keys[n], starts[n], ends[n] (double) and, per chunk of 32
+// consecutive candidates, the smallest start and the largest end of its positive candidates (NaN ignored).
+__host__ __device__ constexpr int64_t state_doubles(int64_t n) { return 3 * n + 2 * ((n + 31) / 32); }
+
 template <typename scalar_t, int64_t method>
 __global__ void __launch_bounds__(kThreads)
     soft_nms_kernel(const scalar_t* __restrict__ segments, const scalar_t* __restrict__ scores,
                     const int64_t* __restrict__ num_valid, int n, int64_t top_k, double sigma, double iou_threshold,
                     double* __restrict__ workspace, int64_t* __restrict__ out_index, scalar_t* __restrict__ out_score) {
-  extern __shared__ double shared_keys[];
+  extern __shared__ double shared_state[];
   __shared__ double partial_key[2][kWarps];
   __shared__ int partial_at[2][kWarps];
   const int64_t video = blockIdx.x;
   const scalar_t* seg = segments + video * n * 2;
   const scalar_t* score = scores + video * n;
   const int count = num_valid == nullptr ? n : static_cast<int>(min(max(num_valid[video], int64_t{0}), int64_t{n}));
-  double* keys = workspace == nullptr ? shared_keys : workspace + video * n;
+  double* keys = workspace == nullptr ? shared_state : workspace + video * state_doubles(n);
+  double* starts = keys + n;
+  double* ends = starts + n;
+  double* chunk_start = ends + n;
+  double* chunk_end = chunk_start + (n + 31) / 32;
   const double dead = dead_key(method);
   const double inv_sigma = 1.0 / sigma;
+  // IoU 0 leaves a key unchanged (Gaussian, or a positive threshold): chunks the pick does not reach are only read.
+  const bool skip_disjoint = method == kGaussian || iou_threshold > 0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
-  // Thread t owns candidates t, t + kThreads, ...: it alone reads and writes their keys, so no barrier guards them.
-  for (int j = threadIdx.x; j < count; j += kThreads) {
-    const double s = static_cast<double>(score[j]);
-    keys[j] = s > 0 ? initial_key(s, method) : dead;  // NaN and non-positive scores are never picked
+  // Warp w owns chunks w, w + kWarps, ...; lane l of it candidate 32·chunk + l: each key has one reader and writer,
+  // and the loops below run the same number of times on every lane of a warp (the shuffles need all 32 lanes).
+  for (int first = warp * 32; first < count; first += kThreads) {
+    const int j = first + lane;
+    double lo = INFINITY, hi = -INFINITY;
+    if (j < count) {
+      const double sc = static_cast<double>(score[j]);
+      const double s = static_cast<double>(seg[2 * j]), e = static_cast<double>(seg[2 * j + 1]);
+      keys[j] = sc > 0 ? initial_key(sc, method) : dead;  // NaN and non-positive scores are never picked
+      starts[j] = s;
+      ends[j] = e;
+      if (sc > 0) {
+        lo = s;
+        hi = e;
+      }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      lo = fmin(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+      hi = fmax(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+    }
+    if (lane == 0) {
+      chunk_start[first / 32] = lo;
+      chunk_end[first / 32] = hi;
+    }
   }
+  __syncthreads();
   double pick_start = 0, pick_end = 0, pick_length = 0;
   for (int64_t k = 0; k < top_k; ++k) {
     double best = -INFINITY;
     int best_at = n;
-    for (int j = threadIdx.x; j < count; j += kThreads) {
-      double key = keys[j];
-      if (!(key > dead)) continue;  // picked, suppressed or never positive: stays so
-      if (k > 0) {
-        const double s = static_cast<double>(seg[2 * j]), e = static_cast<double>(seg[2 * j + 1]);
-        key = decayed_key<method>(key, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
-                                  iou_threshold);
-        keys[j] = key;
-      }
-      if (key > best) {  // j increases: the first of equal keys stays
-        best = key;
-        best_at = j;
+    for (int first = warp * 32; first < count; first += kThreads) {
+      const int j = first + lane;
+      const bool reached = k > 0 && (!skip_disjoint || (chunk_end[first / 32] > pick_start &&
+                                                         chunk_start[first / 32] < pick_end));
+      if (j < count) {
+        double key = keys[j];
+        if (reached && key > dead) {  // picked, suppressed or never positive: stays so
+          const double s = starts[j], e = ends[j];
+          key = decayed_key<method>(key, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
+                                    iou_threshold);
+          keys[j] = key;
+        }
+        if (key > best) {  // j increases: the first of equal keys stays
+          best = key;
+          best_at = j;
+        }
       }
     }
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -84,13 +119,13 @@ __global__ void __launch_bounds__(kThreads)
     // A Gaussian score may underflow to 0, as the reference's product does: then nothing positive is left.
     const double value = current_score(best, static_cast<double>(score[best_at]), method);
     if (!(value > 0)) break;
-    if (best_at % kThreads == static_cast<int>(threadIdx.x)) {
+    if (best_at % kThreads == static_cast<int>(threadIdx.x)) {  // its owner
       out_index[video * top_k + k] = best_at;
       out_score[video * top_k + k] = static_cast<scalar_t>(value);
       keys[best_at] = dead;
     }
-    pick_start = static_cast<double>(seg[2 * best_at]);
-    pick_end = static_cast<double>(seg[2 * best_at + 1]);
+    pick_start = starts[best_at];
+    pick_end = ends[best_at];
     pick_length = pick_end - pick_start;
   }
 }
@@ -99,7 +134,7 @@ template <typename scalar_t, int64_t method>
 void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, double sigma, int64_t top_k,
             double iou_threshold, at::Tensor& out_index, at::Tensor& out_score) {
   const int64_t b = sc.size(0), n = sc.size(1);
-  const size_t state_bytes = n * sizeof(double);
+  const size_t state_bytes = state_doubles(n) * sizeof(double);
   const auto kernel = soft_nms_kernel<scalar_t, method>;
   int device, optin;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -109,7 +144,7 @@ void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, d
   at::Tensor workspace;
   size_t shared_bytes = state_bytes;
   if (state_bytes + attributes.sharedSizeBytes > static_cast<size_t>(optin)) {
-    workspace = at::empty({b, n}, sc.options().dtype(at::kDouble));  // a video too large for shared memory
+    workspace = at::empty({b, state_doubles(n)}, sc.options().dtype(at::kDouble));  // too large for shared memory
     shared_bytes = 0;
   } else if (shared_bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
