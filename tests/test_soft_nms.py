@@ -215,6 +215,23 @@ def test_ties_go_to_the_lowest_index(apis):
 
 
 @pytest.mark.parametrize("apis", APIS)
+def test_all_equal_scores(apis, seed):
+    _, batched = apis
+    gen = torch.Generator().manual_seed(seed)
+    segments, _ = random_inputs(gen, 3, 200, grid=True)
+    scores = torch.full((3, 200), 0.7, dtype=torch.float64)
+    idx, out = batched(segments, scores, top_k=100)
+    assert_valid_selection(segments, scores, idx, out, 0.8, 100, "gaussian", 0.5)  # decayed near ties: either
+    for b in range(3):
+        # Undecayed candidates tie exactly: first 0, then the lowest index that segment 0 does not overlap.
+        s, e = segments[b, :, 0], segments[b, :, 1]
+        disjoint = torch.nonzero((torch.minimum(e, e[0]) - torch.maximum(s, s[0]) <= 0) | (e == s) | (e[0] == s[0]))
+        disjoint = disjoint[disjoint > 0]
+        assert idx[b, 0] == 0 and (len(disjoint) == 0 or idx[b, 1] == disjoint[0])
+        assert out[b, 0] == 0.7
+
+
+@pytest.mark.parametrize("apis", APIS)
 def test_zero_length_segments_overlap_nothing(apis):
     single, _ = apis
     segments = torch.tensor([[0.3, 0.3], [0.3, 0.3], [0.1, 0.5], [0.4, 0.2], [0.3, 0.3]], dtype=torch.float64)
