@@ -9,8 +9,11 @@ Semantics (REFERENCE.md §3.2), per video:
   4. stop after ``top_k`` picks, or when no remaining candidate has a positive score.
 IoU is the exact 1-D IoU of ``[start, end]`` segments (any unit; a pair whose union is <= 0 has IoU 0; a segment with
 ``end < start`` overlaps nothing). Unlike G-TAD's Python loop, the last remaining candidate is emitted too.
-Scores are decayed in float64 whatever the input dtype (G-TAD computes in Python floats), so the compiled kernels and
-the references below agree up to float64 rounding; output scores have the input dtype.
+Scores are decayed in float64 whatever the input dtype (G-TAD computes in Python floats); output scores have the input
+dtype. The compiled kernels (csrc/soft_nms.h: C++ on the CPU, one CUDA launch per batch) keep a Gaussian score as
+log(score) - sum(IoU²)/sigma, so they agree with the references below up to float64 rounding, and pick differently
+only where two candidates' scores are that close (the tests allow 1e-6 relative). Every implementation is
+deterministic; CPU and CUDA can differ in the last bits of exp/log.
 """
 import math
 from typing import Optional, Tuple
