@@ -193,8 +193,9 @@ def main(argv=None) -> dict:
     text += "\n\nTargets (ratios): " + ", ".join(f"{k.replace('>=', ' (>= ')}): {v:.1f}" for k, v in
                                                    figures["targets"].items())
     if cuda:
+        card = f"{peak:.0f} GB/s" if peak > 0 else "(unknown) GB/s"
         text += (f"\n\nCUDA: {figures['cuda_gbs']:.2f} GB/s of compulsory traffic (inputs once, outputs once) of the "
-                 f"card's {figures['card_peak_gbs']:.0f} GB/s: soft-NMS is bound by its {args.top_k} dependent steps, "
+                 f"card's {card}: soft-NMS is bound by its {args.top_k} dependent steps and float64 arithmetic, "
                  "not by memory")
     print(text)
     if args.json:
