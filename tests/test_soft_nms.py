@@ -84,7 +84,7 @@ def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou
             assert i < n and alive[i], f"video {b} pick {k}: index {i} is not a remaining candidate"
             best = cur[alive].max()
             assert cur[i] > 0 or method == "gaussian", f"video {b} pick {k}: {i} was suppressed to 0"  # else underflow
-            assert cur[i] >= best - NEAR_TIE * best - TINY, f"video {b} pick {k}: {i} ({cur[i]}) is not the best ({best})"
+            assert cur[i] >= best - NEAR_TIE * best - TINY, f"video {b} pick {k}: {i} ({cur[i]}) is not best ({best})"
             first = int(np.flatnonzero(alive & (cur == best))[0])
             deviations += int(i != first)
             expected = torch.tensor(cur[i], dtype=torch.float64).to(scores.dtype)

@@ -31,7 +31,8 @@ from lofi.ops import batched_soft_nms, batched_soft_nms_reference, extension  # 
 
 def _gtad_loop():
     """The literal G-TAD-style loop that tests/test_soft_nms.py checks against the reference (loaded by path)."""
-    spec = importlib.util.spec_from_file_location("_lofi_test_soft_nms", os.path.join(ROOT, "tests", "test_soft_nms.py"))
+    path = os.path.join(ROOT, "tests", "test_soft_nms.py")
+    spec = importlib.util.spec_from_file_location("_lofi_test_soft_nms", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.gtad_style_soft_nms

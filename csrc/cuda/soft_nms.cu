@@ -1,8 +1,9 @@
 // Soft-NMS on CUDA: one launch for the batch, one block per video. The candidates' keys (csrc/soft_nms.h) and
 // segments live in shared memory (global memory when a video is too large for it); each step, every thread updates
 // its candidates against the previous pick while tracking the best key (warps skip chunks of 32 candidates the pick
-// does not reach), and a block-wide argmax (ties: lowest index) picks the next one. One __syncthreads per step: the per-warp partials are double-buffered and
-// every thread finishes the reduction itself, so all threads take the same decisions from the same data.
+// does not reach), and a block-wide argmax (ties: lowest index) picks the next one. One __syncthreads per step: the
+// per-warp partials are double-buffered and every thread finishes the reduction itself, so all threads take the same
+// decisions from the same data.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -60,7 +60,8 @@ def _validate(segments, scores, num_valid, sigma, top_k, method, iou_threshold, 
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not math.isfinite(iou_threshold):
+    if (isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float))
+            or not math.isfinite(iou_threshold)):
         raise ValueError(f"iou_threshold must be a finite number, got {iou_threshold!r}")
     if check:
         for name, t in (("segments", segments), ("scores", scores)):
