@@ -33,6 +33,10 @@ step build 150 $PY setup.py build_ext --inplace || { echo "build failed"; }
 step tests_cuda 90 $PY -m pytest -m cuda -q -x -p no:cacheprovider
 step bench_sgalign 45 $PY tools/bench_sgalign.py --device cuda --json "$OUTDIR/bench_sgalign.json"
 step bench_soft_nms 30 $PY tools/bench_soft_nms.py --device cuda --json "$OUTDIR/bench_soft_nms.json"
+# A few LoFi training steps per fidelity (synthetic shards, cpu data backend via the carried PyAV/webdataset wheels):
+# videos/s and peak CUDA memory at the paper's fidelities (S 100x8@112, T 25x8@224, ST 50x8@158); JSON summary only.
+step lofi_train 120 $PY tools/bench_train.py --device cuda --L 100 --T 8 --size 224 --batch 2 --steps 3 --videos 6 \
+  --workers 8 --amp --json "$OUTDIR/bench_train.json"
 cp docs/BENCHMARKS.md "$OUTDIR/BENCHMARKS.md" 2>/dev/null
 
 $PY - "$OUTDIR" "$START" <<'PYEOF'

@@ -1,6 +1,17 @@
 """Custom ops: thin Python APIs over ``csrc/`` kernels, each beside its pure-PyTorch reference."""
 from .extension import available, cuda_compiled
+from .sg_align import sg_align, sg_align_project, sg_align_project_reference, sg_align_reference
 from .soft_nms import batched_soft_nms, batched_soft_nms_reference, soft_nms, soft_nms_reference
 
-__all__ = ["available", "cuda_compiled"]
-__all__ += ["soft_nms", "batched_soft_nms", "soft_nms_reference", "batched_soft_nms_reference"]
+__all__ = [
+    "available",
+    "cuda_compiled",
+    "sg_align",
+    "sg_align_project",
+    "sg_align_reference",
+    "sg_align_project_reference",
+    "soft_nms",
+    "batched_soft_nms",
+    "soft_nms_reference",
+    "batched_soft_nms_reference",
+]

@@ -1,0 +1,457 @@
+"""Typed, validated training configs: YAML files (``lofi/configs/*.yaml``) plus dotted ``key=value`` overrides.
+
+Every problem is reported before anything runs, as a :class:`ConfigError` that names the dotted key
+(``lofi.schedule.r_t``, ``head.batch_size``, ...). Units: ``fidelity.L`` in snippets, ``fidelity.T`` in frames,
+``fidelity.size`` in pixels (H = W), epochs and ``*_step`` values in epochs, ``checkpoint.every_iters`` in optimizer steps.
+A YAML file may start from another with ``_base_: other.yaml`` (a path relative to the file); its keys then override.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+STAGES = ("acp", "acp+", "lofi", "head", "eval")
+BatchSize = Union[int, Literal["auto"]]
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names every offending key."""
+
+
+@dataclass
+class FidelityConfig:
+    """One fidelity: L snippets of T frames, H = W = size pixels; stride in frames (None: tile the video)."""
+    L: int = 100
+    T: int = 8
+    size: int = 224
+    stride: Optional[int] = None
+
+
+@dataclass
+class ScheduleConfig:
+    """The LoFi schedule (lofi.fidelity.LoFiSchedule); the paper's defaults: Long C-LoFi, r_t=4, r_s=2, ST r_t=2, r_s=√2."""
+    mode: Literal["full", "s", "t", "st", "short_cycle", "long_cycle"] = "long_cycle"
+    r_t: int = 4
+    r_s: float = 2.0
+    st_r_t: int = 2
+    st_r_s: float = 2 ** 0.5
+    c_s: int = 16
+    c_l: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and step lr schedule: lr × gamma every step_size epochs."""
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 1e-4
+    step_size: int = 5
+    gamma: float = 0.5
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic benchmark (lofi.data.synthetic) that is built into data.shards / data.clip_shards when they are
+    missing and ``build`` is true: a preset with optional overrides (None keeps the preset's value)."""
+    build: bool = False
+    preset: str = "demo"
+    seed: int = 0
+    num_videos: Optional[int] = None
+    num_classes: Optional[int] = None
+    num_clips: Optional[int] = None
+    fps: int = 15
+    short_side: int = 128
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards/demo"
+    clip_shards: Optional[str] = "shards/demo/clips"
+    train_subset: str = "training"
+    val_subset: str = "validation"
+    backend: Literal["auto", "cpu", "dali"] = "auto"
+    num_workers: int = 2
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    encoder: Literal["tsm_r18", "tsm_r34", "tsm_r50", "r2plus1d_18"] = "tsm_r18"
+    weights: Optional[str] = None
+    frozen_bn: bool = False
+    channels_last: bool = False
+    checkpoint_chunks: int = 0
+    sync_bn: bool = False
+    amp: bool = False
+    gtad_fused: bool = True
+
+
+@dataclass
+class ClsStageConfig:
+    """ACP / ACP+: classification training of the encoder (ClipClassifier) at one fixed fidelity."""
+    epochs: int = 5
+    batch_size: int = 16
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.01, momentum=0.9, gamma=0.1))
+    fidelity: FidelityConfig = field(default_factory=lambda: FidelityConfig(L=1, T=8, size=224))
+
+
+@dataclass
+class LoFiStageConfig:
+    """Encoder + G-TAD end to end on the TAL loss at the fidelities of ``schedule`` (never the full one).
+    ``batch_size: auto`` keeps the global batch ``auto_global_batch`` with the largest per-process batch that fits
+    ``memory_budget_gib`` per device, and gradient accumulation for the rest."""
+    epochs: int = 15
+    batch_size: BatchSize = 16
+    auto_global_batch: int = 16
+    memory_budget_gib: float = 32.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class HeadStageConfig:
+    """Frozen encoder, cached full-fidelity features, fresh G-TAD + video classifier (G-TAD's recipe)."""
+    epochs: int = 10
+    batch_size: int = 16
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=4e-3, weight_decay=1e-4,
+                                                                   step_size=5, gamma=0.1))
+    lr_search: List[float] = field(default_factory=list)
+    features: Optional[str] = None
+    feature_layout: Literal["TC", "CT"] = "TC"
+    annotations: Optional[str] = None
+    cache_dir: Optional[str] = None
+    cache_shard_size: int = 64
+
+
+@dataclass
+class PostprocessConfig:
+    sigma: float = 0.8
+    top_k: int = 100
+    top_classes: int = 2
+    classifier_file: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    subset: str = "validation"
+    tiou: List[float] = field(default_factory=lambda: [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    num_timelines: int = 4
+    baseline_seed: int = 0
+
+
+@dataclass
+class CheckpointConfig:
+    every_iters: int = 0
+    keep: int = 2
+
+
+@dataclass
+class LogConfig:
+    every_iters: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    name: str = "demo"
+    work_dir: str = "work_dirs"
+    seed: int = 0
+    deterministic: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    stages: List[Literal["acp", "acp+", "lofi", "head", "eval"]] = field(
+        default_factory=lambda: ["acp", "lofi", "head", "eval"])
+    max_bad_steps: int = 5
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    acp: ClsStageConfig = field(default_factory=ClsStageConfig)
+    acp_plus: ClsStageConfig = field(default_factory=lambda: ClsStageConfig(epochs=2))
+    lofi: LoFiStageConfig = field(default_factory=LoFiStageConfig)
+    head: HeadStageConfig = field(default_factory=HeadStageConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """``work_dir/name``: everything a run writes."""
+        return Path(self.work_dir) / self.name
+
+
+def stage_key(stage: str) -> str:
+    """The config section of a stage name (``acp+`` → ``acp_plus``)."""
+    return "acp_plus" if stage == "acp+" else stage
+
+
+# ---------------------------------------------------------------------------------------------------------- typing
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is Union:
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (a dataclass, scalar, Literal, Optional/Union or List); ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, "
+                              f"got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is Union:
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _build(cls: type, values: Dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    errors = [f"{prefix}{k}: unknown key (valid keys here: {', '.join(sorted(names))})"
+              for k in sorted(set(values) - names)]
+    base = cls()
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict):
+            # A partial mapping updates the defaults of this section (which may differ per stage).
+            value = _merge(dataclasses.asdict(getattr(base, f.name)), value)
+        try:
+            kwargs[f.name] = _convert(value, hints[f.name], prefix + f.name)
+        except ConfigError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n  ".join(errors))
+    return dataclasses.replace(base, **kwargs)
+
+
+def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path, seen: Sequence[Path] = ()) -> Dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle through {[str(p) for p in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml((path.parent / base).resolve(), (*seen, path)), data)
+
+
+def _apply_override(tree: Dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. lofi.epochs=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {e}") from None
+    node: Dict[str, Any] = tree
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])}: is a value, so {key} cannot be set")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), *,
+                stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> Config:
+    """The config from ``path`` (default: the demo) with ``overrides`` applied, validated for ``stages``
+    (default: ``cfg.stages``) at ``world_size`` processes. Raises ConfigError naming every bad key."""
+    tree = _read_yaml(Path(path) if path else CONFIG_DIR / "demo.yaml")
+    for item in overrides:
+        _apply_override(tree, item)
+    try:
+        cfg = _build(Config, tree)
+    except ConfigError as e:
+        raise ConfigError(f"invalid config:\n  {e}") from None
+    validate(cfg, stages=stages, world_size=world_size, check_paths=check_paths)
+    return cfg
+
+
+def to_dict(cfg: Config) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(tree: Dict[str, Any]) -> Config:
+    """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint); types are checked, paths are not."""
+    return _build(Config, tree)
+
+
+# ---------------------------------------------------------------------------------------------------------- checks
+
+def _positive(errors: List[str], key: str, value: Union[int, float, None], allow_zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        errors.append(f"{key}: must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _check_fidelity(errors: List[str], key: str, fid: FidelityConfig) -> None:
+    for name in ("L", "T", "size"):
+        _positive(errors, f"{key}.{name}", getattr(fid, name))
+    _positive(errors, f"{key}.stride", fid.stride)
+
+
+def _check_optim(errors: List[str], key: str, opt: OptimConfig) -> None:
+    _positive(errors, f"{key}.lr", opt.lr)
+    _positive(errors, f"{key}.weight_decay", opt.weight_decay, allow_zero=True)
+    _positive(errors, f"{key}.momentum", opt.momentum, allow_zero=True)
+    _positive(errors, f"{key}.step_size", opt.step_size)
+    _positive(errors, f"{key}.gamma", opt.gamma)
+
+
+def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int) -> None:
+    if batch == "auto":
+        return
+    if batch <= 0:
+        errors.append(f"{key}: must be > 0, got {batch}")
+    elif batch % world_size:
+        errors.append(f"{key}: the global batch {batch} does not divide by the world size {world_size} "
+                      f"(torchrun --nproc_per_node); use a multiple of {world_size}")
+
+
+def _shards_will_exist(cfg: Config, path: Optional[str]) -> bool:
+    return path is not None and (Path(path).exists() or cfg.data.synthetic.build)
+
+
+def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> None:
+    """Cross-field checks for running ``stages``; raises one ConfigError listing every problem."""
+    stages = list(cfg.stages if stages is None else stages)
+    errors: List[str] = []
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        errors.append(f"--stage: unknown stage(s) {unknown}; valid: {', '.join(STAGES)}, all")
+    _positive(errors, "max_bad_steps", cfg.max_bad_steps)
+    _check_fidelity(errors, "fidelity", cfg.fidelity)
+    sch = cfg.lofi.schedule
+    for name in ("r_t", "st_r_t", "c_s", "c_l"):
+        _positive(errors, f"lofi.schedule.{name}", getattr(sch, name))
+    for name in ("r_s", "st_r_s"):
+        if getattr(sch, name) < 1:
+            errors.append(f"lofi.schedule.{name}: a spatial reduction must be ≥ 1, got {getattr(sch, name)}")
+    if sch.mode == "full" and "lofi" in stages:
+        errors.append("lofi.schedule.mode: the lofi stage never trains at the full fidelity; choose s, t, st, "
+                      "short_cycle or long_cycle")
+    uses_t = sch.mode in ("t", "short_cycle", "long_cycle")
+    uses_st = sch.mode in ("st", "short_cycle", "long_cycle")
+    if uses_t and sch.r_t > 0 and cfg.fidelity.L % sch.r_t:
+        errors.append(f"lofi.schedule.r_t: fidelity.L={cfg.fidelity.L} is not divisible by r_t={sch.r_t}")
+    if uses_st and sch.st_r_t > 0 and cfg.fidelity.L % sch.st_r_t:
+        errors.append(f"lofi.schedule.st_r_t: fidelity.L={cfg.fidelity.L} is not divisible by st_r_t={sch.st_r_t}")
+    for stage in ("acp", "acp_plus"):
+        _check_fidelity(errors, f"{stage}.fidelity", getattr(cfg, stage).fidelity)
+    for stage in ("acp", "acp_plus", "lofi", "head"):
+        section = getattr(cfg, stage)
+        _positive(errors, f"{stage}.epochs", section.epochs, allow_zero=True)
+        _check_batch(errors, f"{stage}.batch_size", section.batch_size, world_size)
+        _check_optim(errors, f"{stage}.optim", section.optim)
+    for i, lr in enumerate(cfg.head.lr_search):
+        _positive(errors, f"head.lr_search[{i}]", lr)
+    _positive(errors, "head.cache_shard_size", cfg.head.cache_shard_size)
+    _positive(errors, "lofi.memory_budget_gib", cfg.lofi.memory_budget_gib)
+    _check_batch(errors, "lofi.auto_global_batch", cfg.lofi.auto_global_batch, world_size)
+    _positive(errors, "postprocess.sigma", cfg.postprocess.sigma)
+    _positive(errors, "postprocess.top_k", cfg.postprocess.top_k)
+    _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
+    _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
+    _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
+    _positive(errors, "log.every_iters", cfg.log.every_iters)
+    _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
+    _positive(errors, "model.checkpoint_chunks", cfg.model.checkpoint_chunks, allow_zero=True)
+    for i, t in enumerate(cfg.eval.tiou):
+        if not 0 < t <= 1:
+            errors.append(f"eval.tiou[{i}]: a tIoU threshold must lie in (0, 1], got {t}")
+    if check_paths:
+        _check_paths(cfg, stages, errors)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
+    if "acp" in stages and not _shards_will_exist(cfg, cfg.data.clip_shards):
+        errors.append(f"data.clip_shards: stage acp needs classification shards, and {cfg.data.clip_shards!r} "
+                      "does not exist (make them with tools/make_shards.py --format clips, "
+                      "or drop acp and set model.weights)")
+    needs_target = {"acp+", "lofi"} & set(stages) or ({"head", "eval"} & set(stages) and not cfg.head.features)
+    if needs_target and not _shards_will_exist(cfg, cfg.data.shards):
+        errors.append(f"data.shards: {cfg.data.shards!r} does not exist (make it with tools/make_shards.py)")
+    for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
+                       ("head.annotations", cfg.head.annotations),
+                       ("postprocess.classifier_file", cfg.postprocess.classifier_file)):
+        if value is not None and not os.path.exists(value):
+            errors.append(f"{key}: no such file or directory {value!r}")
+    if cfg.head.features and not cfg.head.annotations and not Path(cfg.data.shards).exists():
+        errors.append("head.annotations: external features (head.features) need the annotations, either "
+                      "an ActivityNet-format JSON here or data.shards")

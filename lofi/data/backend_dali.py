@@ -1,0 +1,114 @@
+"""The `dali` backend: the front end's plans feed one DALI graph (decode the listed frames, resize, crop, flip).
+
+`video_graph(source, device)` is the one graph: device "cpu" (libavcodec; VP8, VP9 and MJPEG only) or "mixed"
+(NVDEC; also H.264, HEVC, AV1). Only the decoder's device argument differs between the two. Every per-iteration
+value comes from `batch_info.iteration`: DALI calls the source `prefetch_queue_depth` batches ahead, so the callback
+checks that the plan it hands over is the one for that iteration and keys the batch's meta by it.
+"""
+import io
+from typing import Callable, Dict, Iterable, Iterator, Optional
+
+import av
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from .backend_cpu import CorruptSample
+
+CPU_CODECS = ("vp8", "vp9", "mjpeg")
+DEVICES = ("cpu", "mixed")
+
+
+def probe(plan: dict, device: str) -> None:
+    """Checks a plan's mp4 before DALI sees it: a readable video stream, in a codec the device decodes, long enough.
+
+    Returns None (DALI decodes later); raises CorruptSample for a broken file, ValueError for an unsupported codec.
+    """
+    try:
+        with av.open(io.BytesIO(plan["mp4"])) as container:
+            stream = container.streams.video[0]
+            codec, frames = stream.codec_context.name, stream.frames
+    except (av.FFmpegError, IndexError, ValueError, OSError) as exc:
+        raise CorruptSample(f"{type(exc).__name__}: {exc}") from exc
+    if device == "cpu" and codec not in CPU_CODECS:
+        raise ValueError(f"sample {plan['key']}: DALI's CPU decoder handles {CPU_CODECS}, not {codec}; "
+                         "use backend='cpu' or shards made with codec vp9/mjpeg")
+    if frames and int(plan["frames"].max()) >= frames:
+        raise CorruptSample(f"needs frame {int(plan['frames'].max())} but the stream has {frames} frames")
+
+
+def video_graph(source: Callable, device: str):
+    """The DALI graph of both devices: frames (B, L·T, 3, H, W) uint8 on the decoder's device.
+
+    Each distinct frame is decoded, resized and cropped once; `sequence_rearrange` then lays out the L·T snippet
+    frames (a frame list with repeats makes DALI's decoder seek once per entry).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"DALI device must be one of {DEVICES}, got {device!r}")
+    encoded, frames, positions, size, anchor, shape, flip = fn.external_source(
+        source=source, num_outputs=7, batch=True, batch_info=True,
+        dtype=[types.UINT8, types.INT32, types.INT32, types.FLOAT, types.INT32, types.INT32, types.INT32])
+    video = fn.decoders.video(encoded, device=device, frames=frames)
+    video = fn.resize(video, size=size, antialias=True, interp_type=types.INTERP_LINEAR)
+    video = fn.slice(video, anchor, shape, axis_names="HW")
+    video = fn.flip(video, horizontal=flip)
+    video = fn.sequence_rearrange(video, new_order=positions)
+    return fn.transpose(video, perm=[0, 3, 1, 2])
+
+
+@pipeline_def
+def _pipeline(source: Callable, device: str):
+    return video_graph(source, device)
+
+
+def build_pipeline(source: Callable, device: str, batch_size: int, num_threads: int = 2,
+                   device_id: Optional[int] = None, seed: int = 0) -> Pipeline:
+    """An unbuilt DALI pipeline around `video_graph` (device_id None for "cpu")."""
+    return _pipeline(source=source, device=device, batch_size=batch_size, num_threads=num_threads,
+                     device_id=device_id, seed=seed, prefetch_queue_depth=2)
+
+
+def plan_arrays(plans: list):
+    """The seven external-source inputs of a batch of plans (distinct frames, and positions into them)."""
+    crops = [p["crop"] for p in plans]
+    distinct = [np.unique(p["frames"], return_inverse=True) for p in plans]
+    return ([np.frombuffer(p["mp4"], np.uint8) for p in plans],
+            [unique.astype(np.int32) for unique, _ in distinct],
+            [inverse.reshape(-1).astype(np.int32) for _, inverse in distinct],
+            [np.array([c.resize_h, c.resize_w], np.float32) for c in crops],
+            [np.array([c.top, c.left], np.int32) for c in crops],
+            [np.array([c.H, c.W], np.int32) for c in crops],
+            [np.array(int(c.flip), np.int32) for c in crops])
+
+
+class DaliBatches:
+    """Batches {frames (B, L, T, 3, H, W), meta, fidelity, epoch, iteration, corrupt} decoded by DALI."""
+
+    def __init__(self, plan_batches: Iterable[dict], num_batches: int, schedule: Callable, epoch: int, device: str,
+                 batch_size: int, num_threads: int = 2, device_id: Optional[int] = None, seed: int = 0):
+        self.plan_batches, self.num_batches, self.schedule, self.epoch = plan_batches, num_batches, schedule, epoch
+        self.device, self.batch_size, self.num_threads, self.device_id = device, batch_size, num_threads, device_id
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[dict]:
+        plans = iter(self.plan_batches)
+        pending: Dict[int, dict] = {}
+
+        def source(info):
+            if info.iteration >= self.num_batches:
+                raise StopIteration
+            batch = next(plans)
+            if batch["iteration"] != info.iteration or batch["fidelity"] != self.schedule(self.epoch, info.iteration):
+                raise RuntimeError(f"DALI asked for iteration {info.iteration}, the front end gave {batch['iteration']}")
+            pending[info.iteration] = batch
+            return plan_arrays(batch.pop("plans"))
+
+        pipe = build_pipeline(source, self.device, self.batch_size, self.num_threads, self.device_id, self.seed)
+        pipe.build()
+        for iteration, out in enumerate(DALIGenericIterator(pipe, ["frames"], auto_reset=False)):
+            batch = pending.pop(iteration)
+            fid = batch["fidelity"]
+            batch["frames"] = out[0]["frames"].view(self.batch_size, fid.L, fid.T, 3, fid.H, fid.W)
+            yield batch
+

@@ -1,0 +1,114 @@
+"""`build_loader`: shards → batches of uint8 frames at the fidelity the schedule names (INTERFACES.md, issue 3 §3)."""
+import functools
+import gc
+import importlib.util
+import warnings
+from typing import Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from ..fidelity import Fidelity
+from .backend_cpu import load_snippets
+from .reader import FrontEnd
+from .shardlist import index_subset
+
+BACKENDS = ("auto", "cpu", "dali")
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" → "dali-mixed" when a GPU and DALI are both present, "cpu" otherwise; "dali" → "dali-mixed" on a GPU,
+    "dali-cpu" without one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    has_dali = importlib.util.find_spec("nvidia.dali") is not None
+    if backend == "auto":
+        return "dali-mixed" if has_dali and torch.cuda.is_available() else "cpu"
+    if backend == "dali":
+        if not has_dali:
+            raise ImportError("backend='dali' needs nvidia-dali (see requirements.txt); use backend='cpu'")
+        return "dali-mixed" if torch.cuda.is_available() else "dali-cpu"
+    return "cpu"
+
+
+def _cpu_prepare(plan: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    return load_snippets(plan["mp4"], plan["frames"], plan["crop"], plan["size"])
+
+
+def _dali_prepare(plan: dict, device: str) -> None:
+    from .backend_dali import probe
+    probe(plan, device)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _identity(batch: dict) -> dict:
+    return batch
+
+
+class VideoLoader:
+    """Iterable of batches {frames uint8 (B, L, T, 3, H, W), meta [B dicts], fidelity, epoch, iteration}.
+
+    `len()` is the number of batches of this rank (the same on every rank). After an epoch, `corrupt` maps each
+    skipped sample ("KEY in SHARD") to the reason, and a warning lists them.
+    """
+
+    def __init__(self, front: FrontEnd, backend: str, num_workers: int, dali_threads: int = 2):
+        self.front, self.backend, self.num_workers, self.dali_threads = front, backend, num_workers, dali_threads
+        self.corrupt: Dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.front)
+
+    def _batches(self) -> Iterator[dict]:
+        front = self.front
+        # Free unreachable PyAV objects before the workers fork: a codec context with decoding threads freed by the
+        # garbage collector inside a forked child waits forever on its threads' condition variables.
+        if self.num_workers:
+            gc.collect()
+        batches = torch.utils.data.DataLoader(
+            front, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
+            worker_init_fn=_worker_init if self.num_workers else None,
+            prefetch_factor=2 if self.num_workers else None)
+        if self.backend == "cpu":
+            return iter(batches)
+        from .backend_dali import DaliBatches
+        device = self.backend.split("-")[1]
+        device_id = torch.cuda.current_device() if device == "mixed" else None
+        return iter(DaliBatches(batches, len(front), front.schedule, front.epoch, device, front.batch_size,
+                                self.dali_threads, device_id, front.seed))
+
+    def __iter__(self) -> Iterator[dict]:
+        self.corrupt = {}
+        for expected, batch in enumerate(self._batches()):
+            if batch["iteration"] != expected:
+                raise RuntimeError(f"batch order broken: got iteration {batch['iteration']}, expected {expected}")
+            self.corrupt.update(batch.pop("corrupt"))
+            yield batch
+        if self.corrupt:
+            listed = "; ".join(f"{k}: {v}" for k, v in sorted(self.corrupt.items()))
+            warnings.warn(f"epoch {self.front.epoch} (rank {self.front.rank}): skipped {len(self.corrupt)} corrupt "
+                          f"samples: {listed}")
+
+
+def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callable[[int, int], Fidelity],
+                 train: bool, epoch: int, seed: int, backend: str = "auto", num_workers: int = 2, rank: int = 0,
+                 world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
+                 shuffle_buffer: int = 16, dali_threads: int = 2) -> VideoLoader:
+    """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
+
+    shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read) or a brace
+    pattern of tar paths. batch_size: per process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per
+    annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
+    max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend).
+    """
+    resolved = resolve_backend(backend)
+    if resolved == "cpu":
+        prepare = _cpu_prepare
+    else:
+        prepare = functools.partial(_dali_prepare, device=resolved.split("-")[1])
+    front = FrontEnd(index_subset(shards, subset, foreground), batch_size=batch_size, schedule=schedule, train=train,
+                     epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
+                     prepare=prepare, foreground=foreground, stride=stride, shuffle_buffer=shuffle_buffer)
+    return VideoLoader(front, resolved, num_workers, dali_threads)

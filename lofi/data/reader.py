@@ -1,0 +1,191 @@
+"""The front end shared by both backends: which samples form which batch, at which fidelity, with which frames.
+
+Everything here is a function of (seed, epoch, rank, world_size, num_workers, batch_size) and the shards:
+
+* Order. An epoch is a sequence of units (a video; in `foreground` mode one annotated segment of a video) in shard
+  order. Training permutes the shards per epoch (the same permutation on every rank); evaluation keeps the sorted
+  order.
+* Split by rank, then by worker. Every rank gets `ceil(units / (world_size · batch_size))` batches: rank r reads the
+  contiguous positions [r·n·B, (r+1)·n·B) of the sequence, and each DataLoader worker a contiguous block of those, so
+  a worker reads whole runs of its shards with webdataset. Positions past the end wrap to the start of the sequence:
+  in training these are resampled videos (a few videos appear twice in an epoch); in evaluation they are padding
+  duplicates marked meta["pad"] = True, so every video appears exactly once unpadded, in a fixed order.
+* Shuffling (training). A webdataset shuffle buffer, seeded by (seed, epoch, rank, worker), inside each worker's
+  block; the crop and flip of each sample are drawn from (seed, epoch, position). The result is reproducible for
+  fixed (seed, world_size, num_workers, batch_size); changing the worker count changes the buffer's order.
+* Batching. A worker produces the batches with global iterations k ≡ worker (mod num_workers), the order in which
+  torch's DataLoader returns them, and takes each batch's Fidelity from schedule(epoch, k).
+* Corrupt samples. A sample whose mp4/json is missing, malformed or undecodable is skipped with a warning naming its
+  key and shard, counted in the batch's "corrupt" field, and replaced by a duplicate of a good sample of the same
+  batch (marked pad in evaluation), so batch shapes stay fixed.
+"""
+import json
+import math
+import tarfile
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from ..fidelity import Fidelity
+from .backend_cpu import CorruptSample
+from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
+from .shardlist import Shard
+from .spatial import crop_params
+
+REQUIRED = ("id", "duration", "fps", "num_frames", "width", "height")
+
+# prepare(plan) -> (distinct frames uint8 (U, 3, H, W), positions (L·T,) into them), or None when the backend decodes
+# later (DALI); raises CorruptSample
+Prepare = Callable[[dict], Optional[Tuple[torch.Tensor, torch.Tensor]]]
+
+
+def _seed(*values: int) -> int:
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
+
+
+class FrontEnd(torch.utils.data.IterableDataset):
+    """Yields this worker's batches: {frames | plans, meta, fidelity, epoch, iteration, corrupt}."""
+
+    def __init__(self, shards: List[Shard], *, batch_size: int, schedule: Callable[[int, int], Fidelity],
+                 train: bool, epoch: int, seed: int, rank: int, world_size: int, num_workers: int,
+                 prepare: Prepare, foreground: bool = False, stride: Optional[int] = None,
+                 shuffle_buffer: int = 16):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.shards, self.batch_size, self.schedule, self.train = shards, batch_size, schedule, train
+        self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
+        self.num_workers, self.prepare, self.foreground, self.stride = max(1, num_workers), prepare, foreground, stride
+        self.shuffle_buffer = shuffle_buffer
+        order = (np.random.default_rng(_seed(seed, epoch)).permutation(len(shards)) if train
+                 else np.arange(len(shards)))
+        self.units: List[Tuple[int, int, Optional[int]]] = [(int(s), k, seg) for s in order for k, seg in shards[s].units()]
+        if not self.units:
+            raise ValueError("the shards hold no " + ("annotated segments" if foreground else "samples"))
+        self.num_batches = math.ceil(len(self.units) / (world_size * batch_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def worker_batches(self, worker: int) -> List[int]:
+        """The global iterations this worker produces, in order."""
+        return list(range(worker, self.num_batches, self.num_workers))
+
+    def worker_positions(self, worker: int) -> range:
+        """The contiguous block of epoch positions (before wrapping) this worker reads."""
+        start = self.rank * self.num_batches * self.batch_size
+        start += self.batch_size * sum(len(self.worker_batches(w)) for w in range(worker))
+        return range(start, start + self.batch_size * len(self.worker_batches(worker)))
+
+    def read(self, positions: range) -> Iterator[Tuple[int, dict, Optional[int]]]:
+        """(position, webdataset sample, segment index) for each position, reading each shard run sequentially."""
+        runs: List[Tuple[int, List[Tuple[int, int, Optional[int]]]]] = []
+        for p in positions:
+            shard, k, seg = self.units[p % len(self.units)]
+            if runs and runs[-1][0] == shard and runs[-1][1][-1][1] <= k:
+                runs[-1][1].append((p, k, seg))
+            else:
+                runs.append((shard, [(p, k, seg)]))
+        for shard_index, items in runs:
+            shard = self.shards[shard_index]
+            wanted: Dict[int, List[Tuple[int, Optional[int]]]] = {}
+            for p, k, seg in items:
+                wanted.setdefault(k, []).append((p, seg))
+            last = items[-1][1]
+            samples = wds.tarfile_to_samples()(iter([{"url": shard.path}]))
+            try:
+                for k, sample in enumerate(samples):
+                    if sample.get("__key__") != shard.keys[k]:
+                        raise RuntimeError(f"shard {shard.path} changed since it was indexed (sample {k})")
+                    for p, seg in wanted.get(k, ()):
+                        yield p, sample, seg
+                    if k >= last:
+                        break
+            except (OSError, ValueError, IndexError, tarfile.TarError) as exc:
+                raise RuntimeError(f"cannot read shard {shard.path}: {exc}") from exc
+            finally:
+                samples.close()
+
+    def plan(self, position: int, sample: dict, segment: Optional[int], fid: Fidelity) -> dict:
+        """What to decode for one sample: encoded bytes, frame indices (L, T), the Crop, and its meta."""
+        if "mp4" not in sample or "json" not in sample:
+            raise CorruptSample(f"has no {'mp4' if 'mp4' not in sample else 'json'} member")
+        try:
+            info = json.loads(sample["json"])
+        except ValueError as exc:
+            raise CorruptSample(f"malformed json: {exc}") from exc
+        missing = [f for f in REQUIRED if f not in info]
+        if missing:
+            raise CorruptSample(f"json lacks {missing}")
+        num_frames, fps = int(info["num_frames"]), float(info["fps"])
+        annotations = info.get("annotations", [])
+        start, end = 0, num_frames
+        if segment is not None:
+            if segment >= len(annotations) or "segment" not in annotations[segment]:
+                raise CorruptSample(f"json has no annotations[{segment}].segment")
+            start, end = segment_frame_range(annotations[segment]["segment"], fps, num_frames)
+        stride = fid.stride if fid.stride is not None else self.stride
+        try:
+            frames = snippet_frame_indices(num_frames, fid.L, fid.T, stride, start, end)
+        except ValueError as exc:
+            raise CorruptSample(str(exc)) from exc
+        rng = np.random.default_rng(_seed(self.seed, self.epoch, position))
+        crop = crop_params(int(info["height"]), int(info["width"]), fid.H, fid.W, self.train, rng)
+        meta = {"id": str(info["id"]), "duration": float(info["duration"]), "fps": fps, "annotations": annotations,
+                "snippet_times": snippet_times(frames, fps), "key": sample["__key__"],
+                "pad": (not self.train) and position >= len(self.units)}
+        label = annotations[segment] if segment is not None else info
+        if "label_id" in label:
+            meta["label_id"] = int(label["label_id"])
+        return {"key": sample["__key__"], "mp4": sample["mp4"], "frames": frames, "crop": crop,
+                "size": (int(info["height"]), int(info["width"])), "meta": meta}
+
+    def make_batch(self, iteration: int, items: List[Tuple[int, dict, Optional[int]]]) -> dict:
+        """Plans and prepares one batch; corrupt samples are replaced by duplicates of a good one (see module doc)."""
+        fid = self.schedule(self.epoch, iteration)
+        plans, frames, corrupt = [], [], {}
+        for position, sample, segment in items:
+            try:
+                plan = self.plan(position, sample, segment, fid)
+                frames.append(self.prepare(plan))
+                plans.append(plan)
+            except CorruptSample as exc:
+                where = f"{sample.get('__key__')} in {sample.get('__url__')}"
+                warnings.warn(f"skipping corrupt sample {where}: {exc}", stacklevel=2)
+                corrupt[where] = str(exc)
+        if not plans:
+            raise RuntimeError(f"epoch {self.epoch} batch {iteration}: every sample is corrupt: {sorted(corrupt)}")
+        while len(plans) < len(items):
+            plans.append(dict(plans[0], meta=dict(plans[0]["meta"], pad=plans[0]["meta"]["pad"] or not self.train)))
+            frames.append(frames[0])
+        batch = {"meta": [p["meta"] for p in plans], "fidelity": fid, "epoch": self.epoch, "iteration": iteration,
+                 "corrupt": corrupt}
+        if frames[0] is None:
+            batch["plans"] = plans
+        else:
+            out = torch.empty((len(plans), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8)
+            for i, (unique, positions) in enumerate(frames):
+                torch.index_select(unique, 0, positions, out=out[i])
+            batch["frames"] = out.view(len(plans), fid.L, fid.T, 3, fid.H, fid.W)
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None and info.num_workers != self.num_workers:
+            raise RuntimeError(f"FrontEnd built for {self.num_workers} workers runs in {info.num_workers}")
+        stream = self.read(self.worker_positions(worker))
+        if self.train and self.shuffle_buffer > 1:
+            seed = _seed(self.seed, self.epoch, self.rank, worker, 1)
+            stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(stream)
+        batches = iter(self.worker_batches(worker))
+        items: List[Tuple[int, dict, Optional[int]]] = []
+        for item in stream:
+            items.append(item)
+            if len(items) == self.batch_size:
+                yield self.make_batch(next(batches), items)
+                items = []

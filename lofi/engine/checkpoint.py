@@ -1,0 +1,162 @@
+"""Atomic checkpoints with everything needed for an exact resume, and the retention policy.
+
+A checkpoint is a dict: ``models`` (name → state dict), ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (Python,
+NumPy, torch CPU and every CUDA device), ``position`` ({epoch, iteration, done}: the next optimizer step to run;
+this is also the LoFi schedule's position, since the schedule is a pure function of it), ``config`` and ``extra``.
+Files in a stage directory: ``step-EEEE-IIIIII.pt`` (the newest ``keep`` are kept), ``last.pt`` and ``best.pt``.
+Each write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+
+STEP_RE = re.compile(r"step-(\d{4})-(\d{6})\.pt$")
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
+    """torch.save to a temporary file beside ``path``, fsync, rename (never a half-written ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """A checkpoint written by :func:`atomic_save` (our own files: full unpickling, RNG states included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
+
+
+def file_hash(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    """sha256 of a file, hex (identifies the encoder checkpoint for the feature cache)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_hash(state_dict: Dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, shapes, dtypes and values (independent of the file it came from)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(name.encode())
+        if torch.is_tensor(t):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(t).encode())
+    return h.hexdigest()
+
+
+def capture_rng() -> Dict[str, Any]:
+    """Every RNG state this process uses: Python, NumPy, torch CPU, and each CUDA device."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class Checkpointer:
+    """Writes and finds the checkpoints of one stage directory; keeps the newest ``keep`` step files, last and best."""
+
+    def __init__(self, directory: Union[str, Path], keep: int = 2, enabled: bool = True):
+        self.dir = Path(directory)
+        self.keep = keep
+        self.enabled = enabled  # False on ranks other than 0
+
+    def state(self, models: Dict[str, torch.nn.Module], optimizer=None, scheduler=None, scaler=None, *,
+              epoch: int, iteration: int, done: bool = False, config: Optional[dict] = None,
+              extra: Optional[dict] = None) -> Dict[str, Any]:
+        return {
+            "models": {k: _unwrap(m).state_dict() for k, m in models.items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": capture_rng(),
+            "position": {"epoch": epoch, "iteration": iteration, "done": done},
+            "config": config,
+            "extra": extra or {},
+        }
+
+    def save(self, state: Dict[str, Any], *, best: bool = False, step_file: bool = True) -> Optional[Path]:
+        """Writes ``last.pt`` (and a step file, and ``best.pt`` when ``best``), then prunes old step files."""
+        if not self.enabled:
+            return None
+        pos = state["position"]
+        last = atomic_save(state, self.dir / "last.pt")
+        if step_file:
+            atomic_save(state, self.dir / f"step-{pos['epoch']:04d}-{pos['iteration']:06d}.pt")
+            self.prune()
+        if best:
+            atomic_save(state, self.dir / "best.pt")
+        return last
+
+    def prune(self) -> None:
+        steps = sorted((p for p in self.dir.glob("step-*.pt") if STEP_RE.search(p.name)), key=lambda p: p.name)
+        for p in steps[:-self.keep] if self.keep > 0 else steps:
+            p.unlink(missing_ok=True)
+
+    def latest(self) -> Optional[Path]:
+        """The newest checkpoint (``last.pt``), or None."""
+        path = self.dir / "last.pt"
+        return path if path.is_file() else None
+
+    @staticmethod
+    def restore(state: Dict[str, Any], models: Dict[str, torch.nn.Module], optimizer=None, scheduler=None,
+                scaler=None, rng: bool = True) -> Dict[str, int]:
+        """Loads everything back into the given objects; returns the position."""
+        for name, model in models.items():
+            if name not in state["models"]:
+                raise KeyError(f"checkpoint has no model {name!r} (it has {sorted(state['models'])})")
+            _unwrap(model).load_state_dict(state["models"][name])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        if rng:
+            restore_rng(state["rng"])
+        return state["position"]

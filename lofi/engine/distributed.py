@@ -1,0 +1,130 @@
+"""torchrun process groups (NCCL on GPUs, gloo on the CPU), the global → per-process batch split, and collectives.
+
+``batch_size`` in the configs is the **global** batch, as in the paper and OpenTAD. Each process loads
+``per_process`` videos per micro-batch and accumulates ``accum_steps`` micro-batches per optimizer step, so that
+``per_process × accum_steps × world_size`` equals the global batch.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE set by torchrun (1 for a plain ``python -m``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: this process's GPU when CUDA is available, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was asked for, but torch sees no CUDA GPU")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Joins the torchrun process group when WORLD_SIZE > 1 (NCCL for CUDA, gloo for the CPU); else one process."""
+    world_size = env_world_size()
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=dev if dev.type == "cuda" else None)
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def split_batch(global_batch: int, world_size: int, max_per_process: Optional[int] = None) -> tuple[int, int]:
+    """(per-process micro-batch, accumulation steps) for ``global_batch`` over ``world_size`` processes.
+
+    With ``max_per_process`` (what fits the memory budget), the micro-batch is the largest divisor of
+    ``global_batch / world_size`` not above it, so accumulation reproduces the global batch exactly."""
+    if global_batch % world_size:
+        raise ValueError(f"batch_size: the global batch {global_batch} does not divide by the world size {world_size}")
+    local = global_batch // world_size
+    if max_per_process is None or max_per_process >= local:
+        return local, 1
+    micro = max(d for d in range(1, max(1, max_per_process) + 1) if local % d == 0)
+    return micro, local // micro
+
+
+def all_reduce_max(flag: float, device: torch.device) -> float:
+    """The maximum of ``flag`` over all processes (itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_mean(values: List[float], device: torch.device) -> List[float]:
+    """Element-wise mean over processes, for logged scalars."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+def gather_to_main(obj: Any) -> Optional[List[Any]]:
+    """Every process's ``obj`` on rank 0 (in rank order), None on the others."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, sync_bn: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when several processes run (optionally with SyncBatchNorm)."""
+    if not info.distributed:
+        return model
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)

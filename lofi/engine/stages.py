@@ -1,0 +1,435 @@
+"""The paper's stages on top of the shared loop: ``acp``/``acp+`` (classification), ``lofi`` (encoder + G-TAD end to
+end at low fidelity), ``head`` (frozen encoder, cached full-fidelity features, fresh G-TAD + video classifier) and
+``eval`` (detections, ActivityNet mAP, AR@AN, plots). Each stage writes ``work_dirs/NAME/<stage>/`` and the next one
+reads the previous stage's ``encoder.pt`` (encoder state dict) or the head's ``model.pt``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from lofi.config import Config, OptimConfig, stage_key, to_dict
+from lofi.fidelity import Fidelity, LoFiSchedule
+
+from . import distributed as D
+from .checkpoint import Checkpointer, atomic_save, file_hash, load
+from .feature_cache import Entry, FeatureCache, FeatureLoader, load_external
+from .logger import RunLogger
+from .loop import Trainer
+
+
+@dataclass
+class Context:
+    cfg: Config
+    info: D.DistInfo
+    log: RunLogger
+    resume: Optional[str] = None  # None, "auto" or a checkpoint path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage_key(stage)
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+
+def read_manifest(shards: str) -> Dict[str, Any]:
+    path = Path(shards) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{shards}: no manifest.json (make the shards with tools/make_shards.py)")
+    return json.loads(path.read_text())
+
+
+def full_fidelity(cfg: Config) -> Fidelity:
+    f = cfg.fidelity
+    return Fidelity(f.L, f.T, f.size, f.size, f.stride)
+
+
+def make_optimizer(params, opt: OptimConfig, lr: Optional[float] = None):
+    """SGD or Adam (L2 weight decay, as G-TAD) with a StepLR stepped once per epoch."""
+    lr = opt.lr if lr is None else lr
+    if opt.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, opt.step_size, opt.gamma)
+
+
+def make_encoder(cfg: Config, weights: Optional[str]):
+    from lofi.models import build_encoder
+    m = cfg.model
+    return build_encoder(m.encoder, weights=weights, frozen_bn=m.frozen_bn, channels_last=m.channels_last,
+                         checkpoint_chunks=m.checkpoint_chunks, amp=m.amp)
+
+
+ENCODER_SOURCES = {"acp": (), "acp+": ("acp",), "lofi": ("acp+", "acp"), "head": ("lofi", "acp+", "acp")}
+
+
+def encoder_source(ctx: Context, stage: str) -> Optional[str]:
+    """The encoder a stage starts from: the newest earlier stage's ``encoder.pt`` in this run, else model.weights."""
+    for prev in ENCODER_SOURCES[stage]:
+        path = ctx.stage_dir(prev) / "encoder.pt"
+        if path.is_file():
+            return str(path)
+    return ctx.cfg.model.weights
+
+
+def labels_of(meta: List[dict], key: str = "label_id") -> torch.Tensor:
+    missing = [m.get("id") for m in meta if key not in m]
+    if missing:
+        raise KeyError(f"batch meta has no {key!r} for videos {missing[:5]} (classification shards or foreground=True)")
+    return torch.tensor([int(m[key]) for m in meta])
+
+
+def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule, train: bool, **kw):
+    from lofi.data import build_loader
+    cfg, info = ctx.cfg, ctx.info
+
+    def make(epoch: int):
+        return build_loader(shards, subset, batch_size=batch, schedule=schedule, train=train, epoch=epoch,
+                            seed=cfg.seed, backend=cfg.data.backend, num_workers=cfg.data.num_workers,
+                            rank=info.rank, world_size=info.world_size, **kw)
+    return make
+
+
+def resume_state(ctx: Context, ckpt: Checkpointer) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume this stage from: ``--resume PATH``, or its last.pt under ``--resume auto``."""
+    if ctx.resume is None:
+        return None
+    if ctx.resume != "auto":
+        return load(ctx.resume)
+    latest = ckpt.latest()
+    return load(latest) if latest is not None else None
+
+
+def run_trainer(ctx: Context, trainer: Trainer) -> Trainer:
+    state = resume_state(ctx, trainer.ckpt)
+    if state is not None:
+        trainer.resume(state)
+        ctx.log.info(f"[{trainer.stage}] resumed at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
+    trainer.fit()
+    return trainer
+
+
+def export_encoder(ctx: Context, stage: str, encoder: torch.nn.Module) -> Path:
+    """``<stage>/encoder.pt``: the encoder's state dict (``backbone.*`` keys), what the next stage loads."""
+    path = ctx.stage_dir(stage) / "encoder.pt"
+    if ctx.info.is_main:
+        atomic_save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, path)
+    D.barrier()
+    return path
+
+
+def batch_plan(ctx: Context, stage: str, batch_size) -> Tuple[int, int]:
+    per, accum = D.split_batch(batch_size, ctx.info.world_size)
+    ctx.log.info(f"[{stage}] global batch {batch_size} = {ctx.info.world_size} process(es) × {per} videos"
+                 + (f" × {accum} accumulated micro-batches" if accum > 1 else ""))
+    return per, accum
+
+
+# ------------------------------------------------------------------------------------------------------- acp, acp+
+
+def run_classification(ctx: Context, stage: str) -> Path:
+    """ACP (clip shards) or ACP+ (the target's foreground segments): cross-entropy on ClipClassifier."""
+    from lofi.models import ClipClassifier
+    cfg, info = ctx.cfg, ctx.info
+    sc = getattr(cfg, stage_key(stage))
+    shards = cfg.data.clip_shards if stage == "acp" else cfg.data.shards
+    classes = read_manifest(shards)["classes"]
+    init = encoder_source(ctx, stage)
+    ctx.log.info(f"[{stage}] {len(classes)} classes from {shards}; encoder {cfg.model.encoder} from "
+                 f"{init or 'random initialization'}")
+    model = ClipClassifier(make_encoder(cfg, init), len(classes)).to(info.device)
+    net = D.wrap_ddp(model, info, cfg.model.sync_bn)
+    fid = Fidelity(sc.fidelity.L, sc.fidelity.T, sc.fidelity.size, sc.fidelity.size, sc.fidelity.stride)
+    per, accum = batch_plan(ctx, stage, sc.batch_size)
+    optimizer, scheduler = make_optimizer(model.parameters(), sc.optim)
+
+    def step(batch, generator):
+        logits = net(batch["frames"].to(info.device, non_blocking=True))
+        labels = labels_of(batch["meta"]).to(info.device)
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"acc": float((logits.argmax(1) == labels).float().mean())}
+
+    trainer = Trainer(stage=stage, modules={"model": net}, step_fn=step,
+                      loader_fn=loader_factory(ctx, shards, cfg.data.train_subset, per, lambda e, i: fid, True,
+                                               foreground=stage == "acp+"),
+                      optimizer=optimizer, scheduler=scheduler, epochs=sc.epochs, info=info,
+                      checkpointer=Checkpointer(ctx.stage_dir(stage), cfg.checkpoint.keep, info.is_main),
+                      logger=ctx.log, seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
+                      every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
+                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
+    run_trainer(ctx, trainer)
+    return export_encoder(ctx, stage, model.encoder)
+
+
+# ------------------------------------------------------------------------------------------------------- lofi
+
+class EndToEnd(torch.nn.Module):
+    """Encoder + G-TAD: uint8 frames (B, L, T, 3, H, W) → G-TAD outputs at this batch's L."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, frames: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.head(self.encoder(frames))
+
+
+def lofi_schedule(cfg: Config) -> LoFiSchedule:
+    s = cfg.lofi.schedule
+    return LoFiSchedule(s.mode, full_fidelity(cfg), r_t=s.r_t, r_s=s.r_s, st_r_t=s.st_r_t, st_r_s=s.st_r_s,
+                        c_s=s.c_s, c_l=s.c_l)
+
+
+def run_lofi(ctx: Context) -> Path:
+    """Encoder + G-TAD end to end on the TAL loss; every batch's fidelity comes from the LoFi schedule."""
+    from lofi.models import GTAD, build_targets, gtad_loss
+    from .memory import auto_micro_batch
+    cfg, info = ctx.cfg, ctx.info
+    schedule = lofi_schedule(cfg)
+    init = encoder_source(ctx, "lofi")
+    ctx.log.info(f"[lofi] {schedule}; encoder from {init or 'random initialization'}")
+    encoder = make_encoder(cfg, init)
+    model = EndToEnd(encoder, GTAD(encoder.out_dim, fused=cfg.model.gtad_fused)).to(info.device)
+    if cfg.lofi.batch_size == "auto":
+        fit = auto_micro_batch(model, schedule.fidelities(), cfg.lofi.memory_budget_gib, info.device)
+        per, accum = D.split_batch(cfg.lofi.auto_global_batch, info.world_size, max_per_process=fit)
+        ctx.log.info(f"[lofi] batch_size auto: {fit} videos fit {cfg.lofi.memory_budget_gib} GiB per process; "
+                     f"global batch {cfg.lofi.auto_global_batch} = {info.world_size} × {per} × {accum} accumulated")
+    else:
+        per, accum = batch_plan(ctx, "lofi", cfg.lofi.batch_size)
+    net = D.wrap_ddp(model, info, cfg.model.sync_bn)
+    optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
+
+    def step(batch, generator):
+        pred = net(batch["frames"].to(info.device, non_blocking=True))
+        losses = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+        return losses["loss"], {k: float(losses[k].detach()) for k in ("tem", "reg", "cls")}
+
+    # One optimizer step = `accum` loader batches: the schedule counts optimizer steps (mini-batches of the global batch).
+    trainer = Trainer(stage="lofi", modules={"model": net}, step_fn=step,
+                      loader_fn=loader_factory(ctx, cfg.data.shards, cfg.data.train_subset, per,
+                                               lambda e, i: schedule(e, i // accum), True),
+                      optimizer=optimizer, scheduler=scheduler, epochs=cfg.lofi.epochs, info=info,
+                      checkpointer=Checkpointer(ctx.stage_dir("lofi"), cfg.checkpoint.keep, info.is_main),
+                      logger=ctx.log, seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
+                      every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
+                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
+    run_trainer(ctx, trainer)
+    return export_encoder(ctx, "lofi", model.encoder)
+
+
+# ------------------------------------------------------------------------------------------------------- features
+
+@torch.no_grad()
+def extract_batches(encoder: torch.nn.Module, loader, device: torch.device):
+    """(features (B, C, L) on the CPU, meta) for each batch of an evaluation loader, the encoder in eval mode."""
+    encoder.eval()
+    for batch in loader:
+        yield encoder(batch["frames"].to(device, non_blocking=True)).float().cpu(), batch["meta"]
+
+
+def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, Entry]:
+    """{id: (features (C, L), meta)} of a subset: external features (head.features), or the feature cache, built
+    at full fidelity with the frozen encoder when missing or when the encoder or fidelity changed."""
+    cfg, info = ctx.cfg, ctx.info
+    if cfg.head.features:
+        metas = {vid: m for vid, m in annotation_metas(cfg).items() if m.get("subset") == subset}
+        return load_external(cfg.head.features, metas, cfg.fidelity.L, cfg.head.feature_layout)
+    fid = full_fidelity(cfg)
+    manifest = Path(cfg.data.shards) / "manifest.json"
+    key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
+           "shards": file_hash(manifest) if manifest.is_file() else str(cfg.data.shards)}
+    cache = FeatureCache(Path(cfg.head.cache_dir or ctx.run_dir / "features") / subset, key)
+    if not D.broadcast_object(cache.valid()):  # rank 0 decides, so every rank takes the same (collective) path
+        ctx.log.info(f"[head] extracting {subset} features at {fid} into {cache.dir}")
+        encoder = make_encoder(cfg, encoder_path).to(info.device)
+        per = max(1, cfg.head.batch_size // info.world_size)
+        loader = loader_factory(ctx, cfg.data.shards, subset, per, lambda e, i: fid, False)(0)
+        cache.build(extract_batches(encoder, loader, info.device), info, cfg.head.cache_shard_size)
+        if getattr(loader, "corrupt", None):
+            ctx.log.info(f"[head] skipped corrupt samples: {loader.corrupt}")
+    else:
+        ctx.log.info(f"[head] reusing cached {subset} features in {cache.dir} (same encoder and fidelity)")
+    return cache.load()
+
+
+def annotation_metas(cfg: Config) -> Dict[str, Dict[str, Any]]:
+    """{id: {id, subset, duration (s), annotations [{segment, label, label_id}]}} from head.annotations (any format
+    lofi.data.annotations reads), for external features."""
+    from lofi.data.annotations import load_annotations
+    ann = load_annotations(cfg.head.annotations)
+    missing = [r.id for r in ann.records if r.duration is None]
+    if missing:
+        raise ValueError(f"head.annotations: {cfg.head.annotations} gives no duration for videos {missing[:10]}")
+    return {r.id: {"id": r.id, "subset": r.subset, "duration": float(r.duration),
+                   "annotations": [{"segment": [a.start, a.end], "label": a.label, "label_id": ann.label_ids[a.label]}
+                                   for a in r.annotations]} for r in ann.records}
+
+
+def class_names(cfg: Config) -> List[str]:
+    if cfg.head.features and cfg.head.annotations:
+        from lofi.data.annotations import load_annotations
+        return load_annotations(cfg.head.annotations).classes
+    return read_manifest(cfg.data.shards)["classes"]
+
+
+# ------------------------------------------------------------------------------------------------------- head
+
+class HeadModel(torch.nn.Module):
+    """G-TAD + VideoClassifier on snippet features (B, C, L) → (G-TAD outputs, class logits (B, K))."""
+
+    def __init__(self, in_dim: int, num_classes: int, fused: bool):
+        super().__init__()
+        from lofi.models import GTAD, VideoClassifier
+        self.gtad = GTAD(in_dim, fused=fused)
+        self.classifier = VideoClassifier(in_dim, num_classes)
+
+    def forward(self, features: torch.Tensor):
+        return self.gtad(features), self.classifier(features)
+
+
+def video_label_targets(meta: List[dict], num_classes: int) -> torch.Tensor:
+    """(B, K) target distribution: the video's annotated classes, equally weighted."""
+    t = torch.zeros(len(meta), num_classes)
+    for b, m in enumerate(meta):
+        ids = sorted({int(a["label_id"]) for a in m["annotations"]})
+        if ids:
+            t[b, ids] = 1.0 / len(ids)
+    return t
+
+
+def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: List[str]) -> Dict[str, Any]:
+    """Detections + proposals for every video of ``entries`` (gathered on rank 0; None elsewhere) and the mean loss."""
+    from lofi.models import build_targets, gtad_loss
+    from lofi.postprocess import detect, load_cuhk
+    cfg, info = ctx.cfg, ctx.info
+    pp = cfg.postprocess
+    model.eval()
+    loader = FeatureLoader(entries, max(1, cfg.head.batch_size // info.world_size), False, info.rank, info.world_size)
+    out = {"detections": {}, "proposals": {}, "classifier": None, "loss": [], "class_scores": {}}
+    external = load_cuhk(pp.classifier_file) if pp.classifier_file else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        for batch in loader:
+            keep = [i for i, m in enumerate(batch["meta"]) if not m["pad"]]
+            feats, meta = batch["features"][keep].to(info.device), [batch["meta"][i] for i in keep]
+            if not meta:
+                continue
+            pred, logits = model(feats)
+            probs = logits.softmax(1)
+            scores = external or probs
+            res = detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
+                         top_classes=pp.top_classes)
+            out["detections"].update(res["detections"])
+            out["proposals"].update(res["proposals"])
+            out["classifier"] = res["classifier"]
+            out["class_scores"].update({m["id"]: p.tolist() for m, p in zip(meta, probs.cpu())})
+            if all(m.get("annotations") is not None for m in meta):
+                loss = gtad_loss(pred, build_targets(meta, pred["start"].shape[1]), generator=generator)["loss"]
+                out["loss"].append(float(loss) * len(meta))
+    parts = D.gather_to_main(out)
+    if parts is None:
+        return None
+    merged = {"detections": {}, "proposals": {}, "class_scores": {}, "classifier": parts[0]["classifier"]}
+    losses = []
+    for p in parts:
+        for k in ("detections", "proposals", "class_scores"):
+            merged[k].update(p[k])
+        losses += p["loss"]
+    merged["loss"] = sum(losses) / max(1, len(merged["detections"]) or len(merged["proposals"]))
+    return merged
+
+
+def gt_database(entries: Dict[str, Entry], subset: str) -> Dict[str, Any]:
+    """ActivityNet-format ground truth of the cached videos (for lofi.evaluation)."""
+    return {"database": {vid: {"subset": subset, "duration": float(m["duration"]),
+                               "annotations": [{"segment": list(a["segment"]), "label": a["label"]}
+                                               for a in m["annotations"]]}
+                         for vid, (_, m) in entries.items()}}
+
+
+def score(ctx: Context, result: Optional[Dict[str, Any]], gt: Dict[str, Any]) -> Dict[str, Any]:
+    """Average mAP, mAP per tIoU and validation loss of rank 0's ``result``, broadcast to every rank. Predicted
+    classes absent from the validation GT (possible on a small benchmark) are ignored, as they cannot match."""
+    from lofi.evaluation import evaluate_detection
+    metrics = None
+    if result is not None:
+        ev = evaluate_detection(gt, {"results": result["detections"]}, subset="validation",
+                                tiou_thresholds=ctx.cfg.eval.tiou, ignore_unknown_labels=True)
+        metrics = {"average_mAP": float(ev["average_mAP"]), "mAP": [float(v) for v in ev["mAP"]],
+                   "val_loss": float(result["loss"])}
+    return D.broadcast_object(metrics)
+
+
+def frozen_encoder_file(ctx: Context) -> str:
+    """The encoder the head stage freezes: the previous stage's encoder.pt or model.weights; with neither, a seeded
+    random initialization written to head/encoder.pt (the ICP-without-ImageNet analogue)."""
+    path = encoder_source(ctx, "head")
+    if path is not None:
+        return path
+    torch.manual_seed(ctx.cfg.seed)
+    ctx.log.info("[head] no earlier stage and no model.weights: the frozen encoder is randomly initialized")
+    return str(export_encoder(ctx, "head", make_encoder(ctx.cfg, None)))
+
+
+def run_head(ctx: Context) -> Path:
+    """Fresh G-TAD + video classifier on frozen full-fidelity features; best epoch (and lr) by validation average mAP."""
+    from lofi.models import build_targets, gtad_loss
+    cfg, info = ctx.cfg, ctx.info
+    encoder_path = frozen_encoder_file(ctx)
+    train = subset_features(ctx, cfg.data.train_subset, encoder_path)
+    val = subset_features(ctx, cfg.data.val_subset, encoder_path)
+    classes = class_names(cfg)
+    gt = gt_database(val, "validation")
+    in_dim = next(iter(train.values()))[0].shape[0]
+    per, accum = batch_plan(ctx, "head", cfg.head.batch_size)
+    results = []
+    for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
+        directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
+        torch.manual_seed(cfg.seed)
+        model = HeadModel(in_dim, len(classes), cfg.model.gtad_fused).to(info.device)
+        net = D.wrap_ddp(model, info)
+        optimizer, scheduler = make_optimizer(model.parameters(), cfg.head.optim, lr)
+
+        def step(batch, generator, net=net):
+            pred, logits = net(batch["features"].to(info.device, non_blocking=True))
+            tal = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+            target = video_label_targets(batch["meta"], len(classes)).to(info.device)
+            cls = -(target * logits.log_softmax(1)).sum(1).mean()
+            return tal["loss"] + cls, {"tal": float(tal["loss"].detach()), "video_cls": float(cls.detach())}
+
+        def validate(epoch, model=model):
+            return score(ctx, predict(model, val, ctx, classes), gt)
+
+        trainer = Trainer(stage="head", modules={"model": net}, step_fn=step,
+                          loader_fn=lambda e: FeatureLoader(train, per, True, info.rank, info.world_size,
+                                                            seed=cfg.seed, epoch=e),
+                          optimizer=optimizer, scheduler=scheduler, epochs=cfg.head.epochs, info=info,
+                          checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
+                          seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
+                          every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
+                          validate=validate, select="average_mAP", config=to_dict(cfg))
+        run_trainer(ctx, trainer)
+        results.append((trainer.state.best if trainer.state.best is not None else -math.inf, lr, directory))
+        ctx.log.info(f"[head] lr {lr:g}: best validation average mAP {results[-1][0]:.4f}")
+    best_map, best_lr, best_dir = max(results, key=lambda r: r[0])
+    path = ctx.run_dir / "model.pt"
+    if info.is_main:
+        head_state = load(best_dir / "best.pt")["models"]["model"]
+        atomic_save({"encoder": make_encoder(cfg, encoder_path).state_dict(), "encoder_name": cfg.model.encoder, "head": head_state,
+                     "in_dim": in_dim, "classes": classes, "config": to_dict(cfg), "lr": best_lr,
+                     "val_average_mAP": best_map}, path)
+        ctx.log.metrics("head", {"lr": best_lr, "val_average_mAP": best_map,
+                                 "lr_search": {f"{lr:g}": m for m, lr, _ in results}})
+    D.barrier()
+    return path

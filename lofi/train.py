@@ -1,0 +1,140 @@
+"""Training entry point: ``torchrun --nproc_per_node N -m lofi.train [--config CFG] [--stage S] [--resume [auto|PATH]]
+[key=value ...]``; plain ``python -m lofi.train`` runs one process. With no ``--config`` the demo runs (building the
+synthetic shards first when they are missing).
+
+Stages: acp, acp+ (classification), lofi (end to end at low fidelity), head (frozen encoder, full-fidelity
+features), eval, or ``all`` = the config's ``stages`` in order, each reading the previous one's output.
+Everything is written under ``work_dirs/NAME/``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+import yaml
+
+from lofi.config import STAGES, Config, ConfigError, load_config, stage_key, to_dict
+
+from .engine import distributed as D
+from .engine.logger import RunLogger, read_log
+from .engine.stages import Context, run_classification, run_head, run_lofi
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lofi.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: lofi/configs/demo.yaml)")
+    p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to run (default: all)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from the latest checkpoint of each stage (auto, the default value), or from PATH")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. lofi.epochs=3 data.num_workers=0")
+    return p.parse_intermixed_args(argv)
+
+
+def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None:
+    """Builds the synthetic benchmark's shards that ``stages`` need and that are missing: data.clip_shards (acp)
+    and data.shards (the other stages, unless head.features replaces them). Existing shards are never touched."""
+    from lofi.data.packing import make_shards
+    from lofi.data.synthetic import make_synthetic
+    syn = cfg.data.synthetic
+    needed = []
+    if "acp" in stages and cfg.data.clip_shards:
+        needed.append(("clips", "clip_list", "clips", cfg.data.clip_shards))
+    if set(stages) - {"acp"} and not cfg.head.features:
+        needed.append(("videos", "annotations", "activitynet", cfg.data.shards))
+    needed = [n for n in needed if not (Path(n[3]) / "manifest.json").is_file()]
+    if not needed:
+        return
+    raw = Path(cfg.data.shards).parent / f".{Path(cfg.data.shards).name}-videos"
+    overrides = {k: getattr(syn, k) for k in ("num_videos", "num_classes", "num_clips") if getattr(syn, k) is not None}
+    log.info(f"building the synthetic benchmark (preset {syn.preset!r}, seed {syn.seed}, {overrides or 'defaults'}) "
+             f"into {', '.join(n[3] for n in needed)}")
+    paths = make_synthetic(raw, syn.preset, seed=syn.seed, progress=cfg.log.progress, **overrides)
+    for videos, annotations, fmt, out in needed:
+        make_shards(paths[videos], paths[annotations], out, fmt=fmt, fps=syn.fps, short_side=syn.short_side,
+                    progress=cfg.log.progress)
+
+
+def set_determinism(cfg: Config, device: torch.device) -> None:
+    """Seeds, and on CUDA deterministic kernels where torch has them (warn-only for the rest: e.g. some scatter and
+    pooling backward kernels stay nondeterministic). The CPU kernels used here are deterministic already."""
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def stage_throughput(log_path: Path, stage: str) -> Optional[float]:
+    """Mean videos/s over a stage's logged steps (None when it logged none)."""
+    rates = [r["videos_per_s"] for r in read_log(log_path) if r.get("stage") == stage and "videos_per_s" in r]
+    return sum(rates) / len(rates) if rates else None
+
+
+def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo) -> Optional[dict]:
+    """Runs ``stages`` in order; returns the eval metrics (rank 0) when eval ran."""
+    from .engine.report import run_eval
+    log = RunLogger(cfg.run_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
+    ctx = Context(cfg, info, log, resume)
+    if info.is_main:
+        (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if cfg.data.synthetic.build:
+            ensure_synthetic(cfg, stages, log)
+    D.barrier()
+    log.info(f"run {cfg.name}: stages {' → '.join(stages)}; {info.world_size} process(es) on {info.device}; "
+             f"outputs in {cfg.run_dir}")
+    metrics = None
+    for stage in stages:
+        t0 = time.perf_counter()
+        if stage in ("acp", "acp+"):
+            run_classification(ctx, stage)
+        elif stage == "lofi":
+            run_lofi(ctx)
+        elif stage == "head":
+            run_head(ctx)
+        else:
+            metrics = run_eval(ctx)
+        seconds = time.perf_counter() - t0
+        rate = stage_throughput(cfg.run_dir / "log.jsonl", stage) if info.is_main else None
+        log.metrics(f"time_{stage_key(stage)}", {"seconds": seconds, "videos_per_s": rate,
+                                                 "processes": info.world_size, "device": str(info.device)})
+        log.info(f"[{stage}] done in {seconds:.0f} s" + (f" ({rate:.2f} videos/s)" if rate else ""))
+    log.info(f"checkpoints: {cfg.run_dir}/<stage>/ (best.pt, last.pt), model: {cfg.run_dir / 'model.pt'}; "
+             f"logs: {cfg.run_dir / 'log.jsonl'}, metrics: {cfg.run_dir / 'metrics.json'}, "
+             f"TensorBoard: {cfg.run_dir / 'tensorboard'}")
+    log.close()
+    return metrics
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    stages = None if args.stage == "all" else [args.stage]
+    try:
+        cfg = load_config(args.config, args.overrides, stages=stages, world_size=D.env_world_size())
+    except ConfigError as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"lofi.train: {e}", file=sys.stderr)
+        return 2
+    if args.resume not in (None, "auto") and not Path(args.resume).is_file():
+        print(f"lofi.train: --resume: no such checkpoint {args.resume!r} (use --resume auto for the latest)",
+              file=sys.stderr)
+        return 2
+    if args.resume not in (None, "auto") and stages is None:
+        print("lofi.train: --resume PATH needs a single --stage (use --resume auto with --stage all)", file=sys.stderr)
+        return 2
+    info = D.init(cfg.device)
+    set_determinism(cfg, info.device)
+    try:
+        run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)
+    finally:
+        D.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

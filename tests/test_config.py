@@ -1,0 +1,71 @@
+"""Config loading and validation: every shipped config loads, overrides apply, and every error names its key."""
+import pytest
+
+from lofi.config import CONFIG_DIR, ConfigError, load_config
+
+
+@pytest.mark.parametrize("name", ["demo", "anet_tsm_r18", "hacs_tsm_r18", "anet_tsm_r50"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml", check_paths=False)
+    assert cfg.name == name
+    assert cfg.fidelity.L % cfg.lofi.schedule.r_t == 0
+
+
+def test_paper_settings():
+    cfg = load_config(CONFIG_DIR / "anet_tsm_r18.yaml", check_paths=False)
+    lofi, head = cfg.lofi, cfg.head
+    assert (lofi.optim.name, lofi.optim.lr, lofi.optim.momentum, lofi.optim.weight_decay) == ("sgd", 0.1, 0.0, 1e-4)
+    assert (lofi.batch_size, lofi.optim.step_size, lofi.optim.gamma, lofi.schedule.mode) == (16, 5, 0.5, "long_cycle")
+    assert (head.optim.name, head.optim.lr, head.epochs, head.optim.step_size, head.optim.gamma) == ("adam", 4e-3, 10, 5, 0.1)
+    assert head.lr_search == [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]
+    assert (cfg.postprocess.sigma, cfg.postprocess.top_k) == (0.84, 100)
+    assert (cfg.fidelity.L, cfg.fidelity.T, cfg.fidelity.size) == (100, 8, 224)
+    r50 = load_config(CONFIG_DIR / "anet_tsm_r50.yaml", check_paths=False)
+    assert (r50.model.encoder, r50.lofi.batch_size, r50.postprocess.sigma) == ("tsm_r50", "auto", 0.84)
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(None, ["lofi.epochs=7", "lofi.optim.lr=1e-3", "head.lr_search=[1e-3, 2e-3]",
+                             "model.weights=null", "data.backend=cpu"], check_paths=False)
+    assert (cfg.lofi.epochs, cfg.lofi.optim.lr, cfg.head.lr_search) == (7, 1e-3, [1e-3, 2e-3])
+    assert cfg.lofi.optim.momentum == 0.0  # a partial section keeps the other defaults
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("lofi.epochz=3", "lofi.epochz", "unknown key"),
+    ("bogus=1", "bogus", "unknown key"),
+    ("lofi.epochs=three", "lofi.epochs", "expected an integer"),
+    ("fidelity.size=112.5", "fidelity.size", "expected an integer"),
+    ("fidelity.L=18", "lofi.schedule.r_t", "not divisible by r_t=4"),
+    ("lofi.schedule.r_t=3", "lofi.schedule.r_t", "not divisible"),
+    ("lofi.schedule.mode=medium", "lofi.schedule.mode", "expected one of"),
+    ("lofi.optim.lr=-1", "lofi.optim.lr", "must be > 0"),
+    ("model.frozen_bn=yes please", "model.frozen_bn", "true or false"),
+    ("data.shards=/no/such/shards", "data.shards", "does not exist"),
+    ("model.weights=/no/such.pth", "model.weights", "no such file"),
+    ("eval.tiou=[0.5, 1.5]", "eval.tiou[1]", "tIoU"),
+    ("lofi", "lofi", "key=value"),
+])
+def test_errors_name_the_key(override, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override, "data.synthetic.build=false"])
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_global_batch_must_divide_world_size():
+    with pytest.raises(ConfigError, match=r"lofi.batch_size: the global batch 8 does not divide by the world size 3"):
+        load_config(None, world_size=3, check_paths=False)
+    assert load_config(None, world_size=4, check_paths=False).lofi.batch_size == 8
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["a.b=1", "lofi.epochs=x", "head.optim.lr=0"], check_paths=False)
+    text = str(err.value)
+    assert "a: unknown key" in text and "lofi.epochs" in text
+
+
+def test_base_inheritance(tmp_path):
+    (tmp_path / "child.yaml").write_text(f"_base_: {CONFIG_DIR / 'anet_tsm_r18.yaml'}\nname: child\nlofi: {{epochs: 3}}\n")
+    cfg = load_config(tmp_path / "child.yaml", check_paths=False)
+    assert (cfg.name, cfg.lofi.epochs, cfg.lofi.optim.lr, cfg.postprocess.sigma) == ("child", 3, 0.1, 0.84)

@@ -1,0 +1,92 @@
+"""The shared training loop on a tiny stand-in stage (tests/toy_train.py): exact resume after SIGKILL, the NaN
+guard (single process and collective under 2-process gloo DDP), gradient accumulation, and the batch split."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lofi.engine import distributed as D
+from lofi.engine.loop import BadLossError, NanGuard
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = str(REPO / "tests" / "toy_train.py")
+
+
+def run_toy(out, *args, torchrun=0, check=True):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
+               "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", TOY, str(out), *args]
+    else:
+        cmd = [sys.executable, TOY, str(out), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def load_params(out, rank=0):
+    return torch.load(Path(out) / f"rank{rank}.pt")
+
+
+def assert_equal_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    run_toy(tmp_path / "full")
+    killed = run_toy(tmp_path / "resumed", "--kill-after", "30", check=False)  # 24 steps per epoch
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "resumed" / "rank0.pt").exists()
+    names = sorted(p.name for p in (tmp_path / "resumed" / "ckpt").iterdir())
+    assert "last.pt" in names and len([n for n in names if n.startswith("step-")]) == 2  # retention keep=2
+    assert not [n for n in names if n.endswith(".tmp")]
+    pos = torch.load(tmp_path / "resumed" / "ckpt" / "last.pt", weights_only=False)["position"]
+    assert (pos["epoch"], pos["iteration"]) == (1, 4)  # the newest checkpoint is mid-epoch
+    run_toy(tmp_path / "resumed")
+    assert_equal_params(load_params(tmp_path / "full")["params"], load_params(tmp_path / "resumed")["params"])
+
+
+def test_nan_guard_counts_and_aborts():
+    guard = NanGuard(max_bad=2)
+    assert not guard.is_bad(torch.tensor(1.0))
+    assert guard.is_bad(torch.tensor(float("inf")))
+    with pytest.warns(RuntimeWarning, match="step skipped"):
+        guard.record(True, "here")
+    guard.record(False, "here")
+    assert guard.consecutive == 0 and guard.skipped == 1
+    with pytest.warns(RuntimeWarning):
+        guard.record(True, "here")
+    with pytest.raises(BadLossError, match="2 consecutive steps"), pytest.warns(RuntimeWarning):
+        guard.record(True, "here")
+
+
+def test_nan_step_is_skipped_single_process(tmp_path):
+    run_toy(tmp_path / "nan", "--epochs", "1", "--nan-at", "0:2:0")
+    assert load_params(tmp_path / "nan")["skipped"] == 1
+    log = (tmp_path / "nan" / "log.jsonl").read_text()
+    assert '"kind": "step"' in log
+
+
+def test_ddp_two_processes_agree_and_skip_nan_together(tmp_path):
+    # 2-process gloo DDP, with gradient accumulation, and a NaN loss on rank 1 only at epoch 0 iteration 1.
+    run_toy(tmp_path / "ddp", "--epochs", "2", "--accum", "2", "--nan-at", "0:1:1", torchrun=2)
+    r0, r1 = load_params(tmp_path / "ddp", 0), load_params(tmp_path / "ddp", 1)
+    assert_equal_params(r0["params"], r1["params"])
+    assert r0["skipped"] == r1["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in r0["params"].values())
+
+
+def test_split_batch():
+    assert D.split_batch(16, 4) == (4, 1)
+    assert D.split_batch(16, 1, max_per_process=5) == (4, 4)
+    assert D.split_batch(16, 2, max_per_process=3) == (2, 4)
+    assert D.split_batch(16, 1, max_per_process=0) == (1, 16)
+    with pytest.raises(ValueError, match="does not divide by the world size 3"):
+        D.split_batch(16, 3)

@@ -1,0 +1,123 @@
+"""Post-processing: boundary filter, batched soft-NMS, seconds, class fusion, and the targets → maps → segments round trip."""
+import json
+
+import pytest
+import torch
+
+from lofi.models import build_targets
+from lofi.postprocess import boundary_candidates, detect, load_cuhk, result_json, write_json
+
+CLASSES = ["jump", "run", "swim", "throw"]
+
+
+def iou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (a[1] - a[0] + b[1] - b[0] - inter)
+
+
+def perfect_pred(meta, L):
+    t = build_targets(meta, L)
+    return {"start": t["start"], "end": t["end"], "maps": torch.stack([t["iou_map"], t["iou_map"]], 1)}
+
+
+META = [
+    {"id": "vidA", "duration": 120.0, "annotations": [{"segment": [10.3, 40.9], "label": "run"},
+                                                       {"segment": [70.2, 120.0], "label": "run"}]},
+    {"id": "vidB", "duration": 33.3, "annotations": [{"segment": [0.0, 12.5], "label": "swim"}]},
+]
+
+
+@pytest.mark.parametrize("L", [25, 50, 100])
+def test_round_trip_recovers_ground_truth(L):
+    out = detect(perfect_pred(META, L), META, top_k=100)
+    for m in META:
+        props = out["proposals"][m["id"]]
+        assert 0 < len(props) <= 100
+        assert all(0 <= p["segment"][0] <= p["segment"][1] <= m["duration"] for p in props)
+        assert [p["score"] for p in props] == sorted((p["score"] for p in props), reverse=True)
+        top = props[:len(m["annotations"])]
+        for ann in m["annotations"]:  # every GT is recovered by one of the top proposals
+            assert max(iou(p["segment"], ann["segment"]) for p in top) > 0.9
+    # the GT that ends at the video's end is recovered with a proposal ending exactly there
+    assert any(p["segment"][1] == 120.0 for p in out["proposals"]["vidA"][:2])
+    assert out["detections"] == {} and out["classifier"] is None
+
+
+def test_boundary_candidates():
+    p = torch.tensor([[0.1, 0.3, 0.2, 0.05, 0.04, 0.9, 0.5, 0.6]])
+    # peaks at 1, 5, 7 (right edge: larger than its only neighbour); > 0.45 at 5, 6, 7
+    assert boundary_candidates(p)[0].nonzero().flatten().tolist() == [1, 5, 6, 7]
+
+
+def test_class_fusion_from_video_classifier():
+    L = 50
+    probs = torch.tensor([[0.1, 0.6, 0.2, 0.1], [0.05, 0.05, 0.7, 0.2]])
+    out = detect(perfect_pred(META, L), META, class_scores=probs, classes=CLASSES, top_k=50)
+    assert "VideoClassifier" in out["classifier"]
+    for b, m in enumerate(META):
+        dets, props = out["detections"][m["id"]], out["proposals"][m["id"]]
+        assert len(dets) == 2 * len(props) <= 100
+        top2 = [CLASSES[i] for i in probs[b].topk(2).indices]
+        assert {d["label"] for d in dets} == set(top2)
+        for i, p in enumerate(props):
+            for k, label in enumerate(top2):
+                d = dets[2 * i + k]
+                assert d["label"] == label and d["segment"] == p["segment"]
+                assert d["score"] == pytest.approx(p["score"] * probs[b, CLASSES.index(label)].item())
+
+
+def test_external_cuhk_classifier(tmp_path):
+    path = tmp_path / "cuhk.json"
+    path.write_text(json.dumps({"class": CLASSES, "results": {"v_vidA": [0.0, 0.1, 0.3, 0.6], "vidB": [1, 0, 0, 0]}}))
+    out = detect(perfect_pred(META, 25), META, class_scores=str(path), top_k=10)
+    assert str(path) in out["classifier"] and "external" in out["classifier"]
+    assert {d["label"] for d in out["detections"]["vidA"]} == {"throw", "swim"}
+    assert len(out["detections"]["vidB"]) <= 20
+    loaded = load_cuhk(path)
+    assert set(loaded["scores"]) == {"vidA", "vidB"}
+    with pytest.raises(KeyError, match="vidC"):
+        detect(perfect_pred(META, 25), [dict(META[0], id="vidC")], class_scores=loaded)
+    path.write_text(json.dumps({"class": CLASSES, "results": {"vidA": [0.1]}}))
+    with pytest.raises(ValueError, match="vidA"):
+        load_cuhk(path)
+    path.write_text(json.dumps({"results": {}}))
+    with pytest.raises(ValueError, match="'class'"):
+        load_cuhk(path)
+
+
+def test_bad_class_scores_shape():
+    with pytest.raises(ValueError, match="class_scores"):
+        detect(perfect_pred(META, 25), META, class_scores=torch.rand(2, 3), classes=CLASSES)
+
+
+def test_result_json_written_atomically(tmp_path):
+    out = detect(perfect_pred(META, 25), META, class_scores=torch.rand(2, 4), classes=CLASSES, top_k=5)
+    path = tmp_path / "sub" / "result.json"
+    write_json(result_json(out["detections"], out["classifier"]), path)
+    data = json.loads(path.read_text())
+    assert set(data) == {"version", "results", "external_data"}
+    assert data["external_data"]["classifier"] == out["classifier"]
+    assert set(data["results"]) == {"vidA", "vidB"}
+    assert list(path.parent.iterdir()) == [path]
+
+
+def test_padding_duplicates_are_left_out():
+    meta = META + [dict(META[0], pad=True)]
+    pred = perfect_pred(meta, 25)
+    pred["maps"][2] = 0  # a padding row must not overwrite vidA's results
+    out = detect(pred, meta, class_scores=torch.rand(3, 4), classes=CLASSES, top_k=5)
+    assert set(out["proposals"]) == set(out["detections"]) == {"vidA", "vidB"}
+    assert out["proposals"]["vidA"][0]["score"] > 0.8
+
+
+def test_perfect_maps_and_classes_give_full_map_at_low_tiou():
+    from lofi.evaluation import evaluate_detection, evaluate_proposals
+
+    gt = {"database": {m["id"]: {"subset": "validation", "duration": m["duration"], "annotations": m["annotations"]}
+                       for m in META}}
+    probs = torch.tensor([[0.0, 0.9, 0.1, 0.0], [0.0, 0.1, 0.9, 0.0]])
+    out = detect(perfect_pred(META, 100), META, class_scores=probs, classes=CLASSES)
+    result = evaluate_detection(gt, result_json(out["detections"], out["classifier"]), tiou_thresholds=[0.5, 0.9])
+    assert result["mAP"] == [1.0, 1.0]
+    ar = evaluate_proposals(gt, result_json(out["proposals"], None))
+    assert ar["AUC"] > 0.9
