@@ -403,6 +403,18 @@ def test_kernel_matches_reference_on_random_inputs(seed, method, dtype):
             assert ((idx >= 0).sum(1) == (ref_idx >= 0).sum(1)).all()
 
 
+def test_non_contiguous_inputs(seed):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 3, 150, torch.float32)
+    strided_segments = segments.transpose(1, 2).contiguous().transpose(1, 2)  # (B, N, 2) with strides (2N, 1, N)
+    strided_scores = torch.stack([scores, scores], -1)[..., 0]
+    assert not strided_segments.is_contiguous() and not strided_scores.is_contiguous()
+    for device in kernel_devices():
+        got = batched_soft_nms(strided_segments.to(device), strided_scores.to(device), top_k=50)
+        want = batched_soft_nms(segments.to(device), scores.to(device), top_k=50)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference_on_gtad_maps(seed, dtype):
     gen = torch.Generator().manual_seed(seed)
