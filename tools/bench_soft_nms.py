@@ -15,7 +15,6 @@ Usage: python tools/bench_soft_nms.py [--device cpu|cuda] [--videos B] [--json P
 """
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from lofi import benchmark  # noqa: E402
 from lofi.ops import batched_soft_nms, batched_soft_nms_reference, extension  # noqa: E402
+from lofi.postprocess import write_json  # noqa: E402
 
 
 def _gtad_loop():
@@ -200,10 +200,7 @@ def main(argv=None) -> dict:
                  "not by memory")
     print(text)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(figures, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(figures, args.json)
     if not args.no_record:
         command = "python3 " + " ".join(["tools/bench_soft_nms.py"] + (sys.argv[1:] if argv is None else argv))
         benchmark.record(f"soft-NMS ({args.device})", text, command)

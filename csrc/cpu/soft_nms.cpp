@@ -1,12 +1,13 @@
-// Soft-NMS on the CPU: one video per task (at::parallel_for over the batch), eager O(top_k·N) per video, stopping
-// at top_k. Per video, the candidates with a positive score (and index < num_valid) are packed in order; each step
-// updates all their keys against the previous pick and takes the argmax in the same pass, kLanes candidates at a
-// time in GCC vectors (AVX-512 / AVX2 / SSE2 clones). Keys and IoU: csrc/soft_nms.h.
+// Soft-NMS on the CPU: videos shared out dynamically among torch's intra-op threads, eager O(top_k·N) per video,
+// stopping at top_k. Per video, the candidates with a positive score (and index < num_valid) are packed in order;
+// each step updates all their keys against the previous pick and takes the argmax in the same pass, kLanes
+// candidates at a time in GCC vectors (AVX-512 / AVX2 / SSE2 clones). Keys and IoU: csrc/soft_nms.h.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -149,9 +150,12 @@ std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cpu(const at::Tensor& segmen
     const int64_t* valid_ptr = valid.defined() ? valid.data_ptr<int64_t>() : nullptr;
     int64_t* index_ptr = out_index.data_ptr<int64_t>();
     scalar_t* out_ptr = out_score.data_ptr<scalar_t>();
-    at::parallel_for(0, b, 1, [&](int64_t begin, int64_t end) {
+    // One task per thread, each taking the next video until none is left: a thread that the OS holds back (a shared
+    // machine) then does fewer videos instead of delaying the whole batch.
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min<int64_t>(b, at::get_num_threads()), 1, [&](int64_t, int64_t) {
       Packed packed;
-      for (int64_t v = begin; v < end; ++v) {
+      for (int64_t v = next++; v < b; v = next++) {
         const int64_t count = valid_ptr ? std::clamp<int64_t>(valid_ptr[v], 0, n) : n;
         soft_nms_video(seg_ptr + v * n * 2, score_ptr + v * n, count, top_k, method, sigma, iou_threshold,
                        index_ptr + v * top_k, out_ptr + v * top_k, packed);
