@@ -88,11 +88,14 @@ LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double
 
 template <typename scalar_t>
 void pack(const scalar_t* seg, const scalar_t* score, int64_t n, int64_t method, Packed& v) {
-  v.index.clear();
-  for (int64_t j = 0; j < n; ++j) {
-    if (static_cast<double>(score[j]) > 0) v.index.push_back(j);  // NaN and non-positive scores are never picked
+  v.index.resize(n);
+  int64_t m = 0;
+  for (int64_t j = 0; j < n; ++j) {  // branch-free: NaN and non-positive scores are never picked
+    v.index[m] = j;
+    m += static_cast<double>(score[j]) > 0;
   }
-  v.size = (static_cast<int64_t>(v.index.size()) + kLanes - 1) / kLanes * kLanes;
+  v.index.resize(m);
+  v.size = (m + kLanes - 1) / kLanes * kLanes;
   v.start.assign(v.size, 0);
   v.end.assign(v.size, 0);
   v.key.assign(v.size, dead_key(method));
