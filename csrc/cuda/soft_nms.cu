@@ -16,14 +16,24 @@
 namespace lofi {
 namespace {
 
-constexpr int kThreads = 512;
+constexpr int kThreads = 1024;  // 32 warps: enough to hide the latency of the float64 arithmetic
 constexpr int kWarps = kThreads / 32;
+static_assert(kWarps <= 32, "the second reduction stage puts one warp's partial in each lane");
 
 // Folds candidate (key, at) into the running best: larger key, then lower index; NaN keys never win.
 __device__ __forceinline__ void keep_best(double key, int at, double& best, int& best_at) {
   if (key > best || (key == best && at < best_at)) {
     best = key;
     best_at = at;
+  }
+}
+
+// Leaves the best (key, index) of the warp's 32 lanes in every lane. The running bests are never NaN, and "larger key,
+// then lower index" orders them totally, so every lane ends with the same pair.
+__device__ __forceinline__ void warp_best(double& best, int& best_at) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    keep_best(__shfl_xor_sync(0xffffffffu, best, offset), __shfl_xor_sync(0xffffffffu, best_at, offset), best,
+              best_at);
   }
 }
 
@@ -102,27 +112,26 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    for (int offset = 16; offset > 0; offset /= 2) {
-      keep_best(__shfl_down_sync(0xffffffffu, best, offset), __shfl_down_sync(0xffffffffu, best_at, offset), best,
-                best_at);
-    }
+    warp_best(best, best_at);
     const int buffer = k & 1;  // written before this step's barrier, read after it, rewritten two steps later
     if (lane == 0) {
       partial_key[buffer][warp] = best;
       partial_at[buffer][warp] = best_at;
     }
     __syncthreads();
-    best = partial_key[buffer][0];
-    best_at = partial_at[buffer][0];
-    for (int w = 1; w < kWarps; ++w) keep_best(partial_key[buffer][w], partial_at[buffer][w], best, best_at);
-    // Every thread reduced the same partials, so all take the same decisions and leave at the same step.
+    best = lane < kWarps ? partial_key[buffer][lane] : -INFINITY;
+    best_at = lane < kWarps ? partial_at[buffer][lane] : n;
+    warp_best(best, best_at);
+    // Every warp reduced the same partials to the same pair, so all threads take the same decisions below and leave
+    // at the same step.
     if (!(best > dead)) break;
-    // A Gaussian score may underflow to 0, as the reference's product does: then nothing positive is left.
-    const double value = current_score(best, static_cast<double>(score[best_at]), method);
-    if (!(value > 0)) break;
+    const double pick_score = static_cast<double>(score[best_at]);
+    // A Gaussian current score may underflow to 0, as the reference's product does (then nothing positive is left);
+    // with key = log(current score) >= -700 it is at least 1e-304.
+    if (method == kGaussian && best < -700.0 && !(current_score(best, pick_score, method) > 0)) break;
     if (best_at % kThreads == static_cast<int>(threadIdx.x)) {  // its owner
       out_index[video * top_k + k] = best_at;
-      out_score[video * top_k + k] = static_cast<scalar_t>(value);
+      out_score[video * top_k + k] = static_cast<scalar_t>(current_score(best, pick_score, method));
       keys[best_at] = dead;
     }
     pick_start = starts[best_at];
