@@ -400,7 +400,11 @@ def test_kernel_matches_reference_on_random_inputs(seed, method, dtype):
                                         top_k=top_k, method=method, iou_threshold=0.4)
             assert idx.device.type == device and out.device.type == device
             assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, 0.4, num_valid)
-            assert ((idx >= 0).sum(1) == (ref_idx >= 0).sum(1)).all()
+            # Both stop when nothing positive is left; only subnormal scores may round to 0 in one and not the other.
+            count, ref_count = (idx >= 0).sum(1).cpu(), (ref_idx >= 0).sum(1)
+            for b, (c, r) in enumerate(zip(count.tolist(), ref_count.tolist())):
+                extra = out[b, r:c].cpu() if c > r else ref_out[b, c:r]
+                assert (extra.double() <= TINY).all(), f"video {b}: {c} picks, reference {r}"
 
 
 def test_non_contiguous_inputs(seed):
