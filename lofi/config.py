@@ -67,6 +67,9 @@ class SyntheticConfig:
     num_videos: Optional[int] = None
     num_classes: Optional[int] = None
     num_clips: Optional[int] = None
+    size: Optional[List[int]] = None  # [height, width] pixels of the rendered videos
+    length: Optional[List[float]] = None  # [min, max] video duration, seconds
+    distractors: Optional[List[int]] = None  # [min, max] distractor objects per video
     fps: int = 15
     short_side: int = 128
 
@@ -429,6 +432,12 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
     _positive(errors, "log.every_iters", cfg.log.every_iters)
     _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
+    syn = cfg.data.synthetic
+    for key in ("size", "length", "distractors"):
+        value = getattr(syn, key)
+        if value is not None and (len(value) != 2 or min(value) < 0 or (key != "distractors" and min(value) == 0)):
+            errors.append(f"data.synthetic.{key}: expected two {'non-negative' if key == 'distractors' else 'positive'} "
+                          f"numbers, got {value}")
     _positive(errors, "model.checkpoint_chunks", cfg.model.checkpoint_chunks, allow_zero=True)
     for i, t in enumerate(cfg.eval.tiou):
         if not 0 < t <= 1:

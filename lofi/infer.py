@@ -76,7 +76,7 @@ class Detector:
         f = self.cfg.fidelity
         frames = snippet_frame_indices(num_frames, f.L, f.T, f.stride, start=start, end=end)
         crop = crop_params(size[0], size[1], f.size, f.size, train=False, rng=np.random.default_rng(0))
-        clip = load_snippets(encoded, frames, crop, size)
+        clip = load_snippets(encoded, frames, crop, size)  # uint8 (L, T, 3, H, W)
         return self.encoder(clip[None].to(self.device)).float(), snippet_times(frames, fps)
 
     @torch.no_grad()

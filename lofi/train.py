@@ -51,7 +51,8 @@ def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None
     if not needed:
         return
     raw = Path(cfg.data.shards).parent / f".{Path(cfg.data.shards).name}-videos"
-    overrides = {k: getattr(syn, k) for k in ("num_videos", "num_classes", "num_clips") if getattr(syn, k) is not None}
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k in ("num_videos", "num_classes", "num_clips", "size",
+                 "length", "distractors") if (v := getattr(syn, k)) is not None}
     log.info(f"building the synthetic benchmark (preset {syn.preset!r}, seed {syn.seed}, {overrides or 'defaults'}) "
              f"into {', '.join(n[3] for n in needed)}")
     paths = make_synthetic(raw, syn.preset, seed=syn.seed, progress=cfg.log.progress, **overrides)

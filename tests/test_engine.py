@@ -90,3 +90,20 @@ def test_split_batch():
     assert D.split_batch(16, 1, max_per_process=0) == (1, 16)
     with pytest.raises(ValueError, match="does not divide by the world size 3"):
         D.split_batch(16, 3)
+
+
+def test_auto_micro_batch_scales_with_budget():
+    from lofi.engine.memory import auto_micro_batch, per_video_bytes
+    from lofi.engine.stages import EndToEnd
+    from lofi.fidelity import Fidelity
+    from lofi.models import GTAD, build_encoder
+    torch.manual_seed(0)
+    enc = build_encoder("tsm_r18")
+    model = EndToEnd(enc, GTAD(enc.out_dim))
+    small, large = Fidelity(2, 2, 32, 32), Fidelity(4, 2, 32, 32)
+    per_small, per_large = (per_video_bytes(model, f, torch.device("cpu")) for f in (small, large))
+    assert 0 < per_small < per_large  # linear in L for the encoder, plus the head
+    params = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    budget_gib = (params + 10 * per_large) / 2**30
+    assert auto_micro_batch(model, [small, large], budget_gib, torch.device("cpu")) == 10
+    assert auto_micro_batch(model, [large], 1e-6, torch.device("cpu")) == 1

@@ -132,13 +132,16 @@ def test_foreground_one_sample_per_segment(vp9):
         assert seg[0] - 0.1 <= m["snippet_times"].min() and m["snippet_times"].max() <= seg[1] + 0.1
 
 
-def test_corrupt_sample_skipped_counted(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", "dali"])
+def test_corrupt_sample_skipped_counted(tmp_path, backend):
+    if backend == "dali" and importlib.util.find_spec("nvidia.dali") is None:
+        pytest.skip("needs nvidia-dali")
     items = samples(3)
     good = encode_video(40, 48, 64)
     items[1]["mp4"] = good[: len(good) // 3]
     write_shards(str(tmp_path), "training", items, per_shard=3)
     loader = build_loader(str(tmp_path), "training", batch_size=3, schedule=FIXED, train=False, epoch=0, seed=0,
-                          backend="cpu", num_workers=0)
+                          backend=backend, num_workers=0)
     with pytest.warns(UserWarning, match="vid1"):
         batches = collect(loader)
     assert list(loader.corrupt) == [f"vid1 in {tmp_path}/training-000000.tar"]
@@ -180,8 +183,9 @@ def test_dali_cpu_matches_pyav(mjpeg, vp9):
     for root, subset in ((mjpeg, "validation"), (vp9, "training")):
         runs = {}
         for backend in ("cpu", "dali"):
-            loader = build_loader(root, subset, batch_size=2, schedule=LoFiSchedule("short_cycle", Fidelity(8, 2, 32, 32),
-                                  r_t=2, st_r_t=2, c_s=1), train=True, epoch=0, seed=3, backend=backend, num_workers=1)
+            sched = LoFiSchedule("short_cycle", Fidelity(8, 2, 32, 32), r_t=2, st_r_t=2, c_s=1)
+            loader = build_loader(root, subset, batch_size=2, schedule=sched, train=True, epoch=0, seed=3,
+                                  backend=backend, num_workers=1)
             assert loader.backend == ("cpu" if backend == "cpu" else "dali-cpu")
             runs[backend] = collect(loader)
         assert len(runs["cpu"]) == len(runs["dali"])

@@ -54,3 +54,24 @@ def test_segment_range_and_bad_input():
     assert segment_frame_range((9.99, 20.0), fps=15, num_frames=150) == (149, 150)
     with pytest.raises(ValueError, match=r"\[0, 200\) is not inside \[0, 150\)"):
         snippet_frame_indices(150, 5, 4, end=200)
+
+
+@pytest.mark.parametrize("size", [112, 158, 224])
+@pytest.mark.parametrize("height,width", [(256, 340), (340, 256), (256, 256)])
+def test_spatial_policy_never_squashes(size, height, width):
+    import torch
+
+    from lofi.data.spatial import apply_crop, crop_params
+
+    rng = np.random.default_rng(0)
+    for train in (True, False):
+        crop = crop_params(height, width, size, size, train, rng)
+        assert min(crop.resize_h, crop.resize_w) == size  # short side resized to the fidelity's size
+        assert abs(crop.resize_w / crop.resize_h - width / height) < 2 / size  # aspect kept up to rounding
+        assert 0 <= crop.top <= crop.resize_h - size and 0 <= crop.left <= crop.resize_w - size
+        if not train:
+            assert (crop.top, crop.left, crop.flip) == ((crop.resize_h - size) // 2, (crop.resize_w - size) // 2, False)
+    frames = torch.randint(0, 256, (2, 3, height, width), dtype=torch.uint8)
+    assert apply_crop(frames, crop).shape == (2, 3, size, size)
+    flips = [crop_params(height, width, size, size, True, rng).flip for _ in range(200)]
+    assert 60 < sum(flips) < 140

@@ -24,36 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lofi import benchmark, ops  # noqa: E402
+from lofi.engine.memory import saved_bytes  # noqa: E402
 from lofi.models import GTAD, build_encoder  # noqa: E402
 
 GIB = 2 ** 30
 # (name, L, T, H=W): full fidelity and the paper's LoFi configurations (r_t = 4, r_s = 2, ST: r_t = 2, r_s = √2).
 FIDELITIES = [("full", 100, 8, 224), ("S-LoFi", 100, 8, 112), ("T-LoFi", 25, 8, 224), ("ST-LoFi", 50, 8, 158)]
 HEAD_LENGTHS = (25, 50, 100)
-
-
-def saved_bytes(model: torch.nn.Module, fn) -> int:
-    """Bytes of the distinct storages autograd saves while running ``fn()`` (parameters excluded)."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-
-    def count(t):
-        if t.is_sparse:  # e.g. the pure-PyTorch SGAlign's sampling matrix
-            count(t._indices())
-            count(t._values())
-            return
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            storages[storage.data_ptr()] = storage.nbytes()
-
-    def pack(t):
-        count(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(storages.values())
 
 
 def peak_cuda_bytes(model, fn) -> int:
@@ -74,7 +51,7 @@ def measure_encoder(name: str, L: int, T: int, size: int, device: str) -> dict:
 
     def run(n):
         frames = torch.randint(0, 256, (1, n, T, 3, size, size), dtype=torch.uint8, device=device)
-        return saved_bytes(enc, lambda: enc(frames))
+        return saved_bytes(lambda: enc(frames), enc.parameters())
 
     one, two = run(1), run(2)
     ratio = two / one
@@ -93,7 +70,7 @@ def measure_head(in_dim: int, L: int, fused: bool, device: str) -> dict:
     torch.manual_seed(0)
     head = GTAD(in_dim, fused=fused).to(device)
     x = torch.randn(1, in_dim, L, device=device, requires_grad=True)
-    row = {"in_dim": in_dim, "L": L, "fused": fused, "per_video_bytes": saved_bytes(head, lambda: head(x))}
+    row = {"in_dim": in_dim, "L": L, "fused": fused, "per_video_bytes": saved_bytes(lambda: head(x), head.parameters())}
     if device == "cuda":
         row["cuda_peak_bytes_per_video"] = peak_cuda_bytes(head, lambda: head(x))
     return row

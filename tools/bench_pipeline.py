@@ -5,18 +5,22 @@ noise texture and moving boxes), encoded with libx264, and packed by `lofi.data.
 and mjpeg shards (15 fps, short side 256, a keyframe every second), cached in --cache.
 
 Per codec and fidelity (full 100×8@224², S 100×8@112², T 25×8@224², ST 50×8@158²) it measures, on one core each:
-  ceiling-ffmpeg  `ffmpeg -benchmark -threads 1` decoding the whole stream (frames/s of the decoder itself)
+  ceiling-ffmpeg  `ffmpeg -benchmark -threads 1` decoding the whole stream (frames per CPU second, utime+stime)
   ceiling-gops    PyAV decoding exactly the GOPs the sampled frames need (seek to each needed keyframe, decode to the
                   last needed frame, RGB conversion of the needed ones), the index precomputed outside the timing
   decode          the backend's decoder on the sampled unique frames (cpu: lofi.data.backend_cpu.decode_frames)
-  resize+crop     the backend's resize (antialias) + centre crop of those frames
+  resize+crop     the backend's resize (antialias) + centre crop of those frames (cpu: backend_cpu.crop_into)
   delivery-serial build_loader with num_workers=0 (cpu) or one DALI thread: decode, sample, resize, collate
   delivery        build_loader with --workers DataLoader workers (cpu) or --workers DALI threads
-Stage timings are the best of --repeats runs. Unique frames = distinct frame indices the sampler asks for. The bottleneck of the serial cpu delivery is named
-with its share of the time (decode / resize+crop / the rest: reading, planning, gathering, collating).
+Stage and serial figures are per CPU-second of this process (the least of --repeats runs, interleaved), so they
+are per core and robust to other load; the parallel deliveries are per wall-clock second. Unique frames = distinct
+frame indices the sampler asks for. The bottleneck of the serial cpu delivery is named with its share of the time
+(decode / resize+crop / the rest: reading, planning, gathering, collating).
 
-    PYTHONPATH=. python tools/bench_pipeline.py [--videos 1] [--seconds 60] [--codecs h264,vp9,mjpeg]
-        [--fidelities full,s,t,st] [--backends cpu,dali] [--workers 2] [--json PATH] [--no-record]
+    PYTHONPATH=. python tools/bench_pipeline.py [--videos 1] [--seconds 60] [--codecs vp9] [--fidelities full,t]
+        [--backends cpu,dali] [--workers 2] [--repeats 2] [--json PATH] [--no-record]
+The default (one 60 s vp9 video, full and T-LoFi) takes about a minute once the shards are cached; the recorded run:
+    --videos 2 --seconds 120 --repeats 3 --codecs h264,vp9,mjpeg --fidelities full,s,t,st
 """
 import argparse
 import importlib.util
@@ -40,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lofi import benchmark  # noqa: E402
 from lofi.data import build_loader  # noqa: E402
-from lofi.data.backend_cpu import decode_frames, gop_runs, stream_index  # noqa: E402
+from lofi.data.backend_cpu import crop_into, decode_frames, gop_runs, stream_index  # noqa: E402
 from lofi.data.sampling import snippet_frame_indices  # noqa: E402
-from lofi.data.spatial import apply_crop, crop_params  # noqa: E402
+from lofi.data.spatial import crop_params  # noqa: E402
 from lofi.fidelity import Fidelity, LoFiSchedule  # noqa: E402
 
 FIDELITIES = {"full": Fidelity(100, 8, 224, 224), "s": Fidelity(100, 8, 112, 112), "t": Fidelity(25, 8, 224, 224),
@@ -97,7 +101,7 @@ def make_sources(out: Path, videos: int, seconds: float) -> Path:
 
 
 def ffmpeg_fps(mp4: bytes, num_frames: int) -> float:
-    """Frames/s of `ffmpeg -benchmark -threads 1` decoding the whole stream (nan when ffmpeg is missing)."""
+    """Frames per CPU second of `ffmpeg -benchmark -threads 1` decoding the whole stream (nan without ffmpeg)."""
     if shutil.which("ffmpeg") is None:
         return float("nan")
     with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
@@ -106,7 +110,7 @@ def ffmpeg_fps(mp4: bytes, num_frames: int) -> float:
         run = subprocess.run(["ffmpeg", "-hide_banner", "-nostdin", "-benchmark", "-threads", "1", "-i", f.name,
                               "-f", "null", "-"], capture_output=True, text=True)
     match = re.search(r"bench: utime=([\d.]+)s stime=([\d.]+)s rtime=([\d.]+)s", run.stderr)
-    return num_frames / float(match.group(3)) if match else float("nan")
+    return num_frames / (float(match.group(1)) + float(match.group(2))) if match else float("nan")
 
 
 def gop_ceiling(mp4: bytes, unique: np.ndarray, pts, keyframes) -> None:
@@ -146,38 +150,56 @@ def dali_decode_and_resize(mp4: bytes, unique: np.ndarray, crop, threads: int, r
         pipe = graph(resize)
         pipe.build()
         pipe.run()  # warm-up: the first run also builds DALI's frame index
-        seconds.append(best_seconds(pipe.run, repeats))
+        seconds.append(best_seconds([pipe.run], repeats)[0])
     return seconds
 
 
-def best_seconds(fn, repeats: int) -> float:
-    """The fastest of `repeats` runs: on a shared machine the minimum is the least disturbed figure."""
-    times = []
+def cpu_seconds(fn) -> float:
+    """CPU seconds of this process (all its threads) running fn(): per-core work, unlike wall time on a shared
+    machine."""
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def best_seconds(fns, repeats: int) -> list:
+    """The least CPU seconds of each of `fns` over `repeats` rounds, the functions interleaved within a round."""
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for t, fn in zip(times, fns):
+            t.append(cpu_seconds(fn))
+    return [min(t) for t in times]
 
 
-def delivery_seconds(shards: str, fid: Fidelity, backend: str, workers: int, dali_threads: int = 1) -> float:
-    loader = build_loader(shards, "validation", batch_size=1, schedule=LoFiSchedule("full", fid), train=True,
-                          epoch=0, seed=0, backend=backend, num_workers=workers, dali_threads=dali_threads)
-    start = time.perf_counter()
-    for _ in loader:
+def delivery_seconds(shards: str, fid: Fidelity, backend: str, workers: int, dali_threads: int = 1,
+                     clock=time.perf_counter) -> float:
+    """Seconds (`clock`) of one epoch of build_loader over `shards`, loader construction included."""
+    start = clock()
+    for _ in build_loader(shards, "validation", batch_size=1, schedule=LoFiSchedule("full", fid), train=True,
+                          epoch=0, seed=0, backend=backend, num_workers=workers, dali_threads=dali_threads):
         pass
-    return time.perf_counter() - start
+    return clock() - start
+
+
+def bottleneck(decode: float, resize: float, serial: float) -> str:
+    """The largest part of the serial cpu delivery and every part's share; the stage times are best-of-N and the
+    delivery one run, so the shares are of max(serial, decode + resize)."""
+    parts = {"decode": decode, "resize+crop": resize, "rest": max(0.0, serial - decode - resize)}
+    total = sum(parts.values())
+    top = max(parts, key=parts.get)
+    listed = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in parts.items())
+    return f"bottleneck **{top}** {100 * parts[top] / total:.0f}% of the serial cpu delivery ({listed})"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--videos", type=int, default=1)
     p.add_argument("--seconds", type=float, default=60.0, help="length of each generated video")
-    p.add_argument("--codecs", default="h264,vp9,mjpeg")
-    p.add_argument("--fidelities", default="full,s,t,st")
+    p.add_argument("--codecs", default="vp9", help="comma-separated from h264,vp9,mjpeg")
+    p.add_argument("--fidelities", default="full,t", help="comma-separated from full,s,t,st")
     p.add_argument("--backends", default="cpu,dali")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (cpu) / DALI threads for 'delivery'")
-    p.add_argument("--repeats", type=int, default=3, help="stage timings: the best of this many runs")
+    p.add_argument("--repeats", type=int, default=2, help="stage timings: the best of this many runs")
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lofi_bench_pipeline"))
     p.add_argument("--json", help="write the figures as JSON to this path")
     p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
@@ -207,24 +229,23 @@ def main():
             for s, u, crop in zip(samples, uniques, crops):
                 with av.open(io.BytesIO(s["mp4"])) as c:
                     pts, keyframes = stream_index(c)
-                t["ceiling-gops"] += best_seconds(lambda: gop_ceiling(s["mp4"], u, pts, keyframes), args.repeats)
-                t["decode"] += best_seconds(lambda: decode_frames(s["mp4"], u), args.repeats)
-                decoded = torch.from_numpy(decode_frames(s["mp4"], u)).permute(0, 3, 1, 2)
-                t["resize+crop"] += best_seconds(lambda: apply_crop(decoded, crop), args.repeats)
+                ceiling, decode = best_seconds([lambda: gop_ceiling(s["mp4"], u, pts, keyframes),
+                                                lambda: decode_frames(s["mp4"], u)], args.repeats)
+                decoded = decode_frames(s["mp4"], u)
+                out = torch.empty((len(u), 3, fid.H, fid.W), dtype=torch.uint8)
+                t["ceiling-gops"] += ceiling
+                t["decode"] += decode
+                t["resize+crop"] += best_seconds([lambda: crop_into(decoded, np.arange(len(u)), crop, out)],
+                                                 args.repeats)[0]
             figures = {("ffmpeg", "ceiling-ffmpeg (whole stream)"): ff,
                        ("pyav", "ceiling-gops"): n_unique / t["ceiling-gops"],
                        ("cpu", "decode"): n_unique / t["decode"], ("cpu", "resize+crop"): n_unique / t["resize+crop"]}
             if "cpu" in backends:
-                serial = delivery_seconds(str(shard_dir), fid, "cpu", 0)
+                serial = delivery_seconds(str(shard_dir), fid, "cpu", 0, clock=time.process_time)
                 figures[("cpu", "delivery-serial")] = n_unique / serial
                 figures[("cpu", f"delivery ({args.workers} workers)")] = (
                     n_unique / delivery_seconds(str(shard_dir), fid, "cpu", args.workers))
-                parts = {"decode": t["decode"], "resize+crop": t["resize+crop"],
-                         "rest": max(0.0, serial - t["decode"] - t["resize+crop"])}
-                top = max(parts, key=parts.get)
-                shares.append(f"{codec} {name}: bottleneck **{top}** {100 * parts[top] / serial:.0f}% of the serial "
-                              f"cpu delivery (" + ", ".join(f"{k} {100 * v / serial:.0f}%" for k, v in parts.items())
-                              + ")")
+                shares.append(f"{codec} {name}: " + bottleneck(t["decode"], t["resize+crop"], serial))
             if "dali" in backends and codec in ("vp9", "mjpeg"):
                 dec = res = 0.0
                 for s, u, crop in zip(samples, uniques, crops):
@@ -233,7 +254,7 @@ def main():
                 figures[("dali-cpu", "decode")] = n_unique / dec
                 figures[("dali-cpu", "resize+crop")] = n_unique / res
                 figures[("dali-cpu", "delivery-serial (1 thread)")] = (
-                    n_unique / delivery_seconds(str(shard_dir), fid, "dali", 1, 1))
+                    n_unique / delivery_seconds(str(shard_dir), fid, "dali", 0, 1, clock=time.process_time))
                 figures[("dali-cpu", f"delivery ({args.workers} threads)")] = (
                     n_unique / delivery_seconds(str(shard_dir), fid, "dali", 1, args.workers))
             ratio = figures[("cpu", "decode")] / figures[("pyav", "ceiling-gops")]
@@ -245,9 +266,10 @@ def main():
                                 "unique_frames": n_unique})
             print(f"{codec} {name}: decode {ratio:.2f}× the PyAV GOP ceiling", flush=True)
 
-    header = ["codec", "fidelity", "backend", "stage", "unique frames/s (1 core)", "note"]
+    header = ["codec", "fidelity", "backend", "stage", "unique frames/s", "note"]
     table = benchmark.markdown_table(header, rows)
-    notes = (f"{args.videos} video(s) × {args.seconds:g} s, {SIZE[1]}×{SIZE[0]}, {FPS} fps, keyframe every 1 s; "
+    notes = ("Stage and serial figures are per CPU-second (one core); parallel deliveries per wall second. "
+             f"{args.videos} video(s) × {args.seconds:g} s, {SIZE[1]}×{SIZE[0]}, {FPS} fps, keyframe every 1 s; "
              f"torch 1 thread. 'delivery' uses {args.workers} DataLoader workers (cpu) or {args.workers} DALI threads "
              "(dali-cpu) on a shared 2-core machine, so it is not a per-core figure. DALI 'mixed' (GPU) has not been "
              "run here: no machine here has both a GPU and DALI.\n\n" + "\n".join(f"- {s}" for s in shares))

@@ -10,5 +10,8 @@ fi
 . .venv/bin/activate
 python -m pip install -q --disable-pip-version-check -r requirements.txt
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
-python setup.py -q build_ext --inplace 2>&1 | grep -vE 'SetuptoolsDeprecationWarning|^\s*\*+|^\s*$|setup.py install|pypa/setuptools|Please avoid|See https|normalize_path|!!' || true
+mkdir -p build
+if ! python setup.py build_ext --inplace > build/build.log 2>&1; then
+  tail -n 60 build/build.log; echo "tools/env.sh: building lofi._C failed (full log: build/build.log)" >&2; exit 1
+fi
 python -c "import lofi.ops as o; assert o.available(), 'lofi._C did not build'; print('lofi._C built; CUDA kernels:', o.cuda_compiled())"

@@ -5,17 +5,14 @@ the keyframe and decodes up to the last needed frame of that group; frames betwe
 """
 import bisect
 import io
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import av
 import numpy as np
 import torch
 
+from .reader import CorruptSample
 from .spatial import Crop, apply_crop
-
-
-class CorruptSample(Exception):
-    """A sample that cannot be decoded; the front end skips, counts and reports it."""
 
 
 def stream_index(container: "av.container.InputContainer") -> Tuple[List[int], List[int]]:
@@ -42,8 +39,12 @@ def gop_runs(indices: np.ndarray, keyframes: List[int]) -> List[Tuple[int, List[
     return runs
 
 
-def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> np.ndarray:
-    """uint8 (N, h, w, 3) RGB frames for sorted unique frame `indices` of an encoded video; CorruptSample otherwise."""
+def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> List[np.ndarray]:
+    """uint8 (h, w, 3) RGB frames for sorted unique frame `indices` of an encoded video; CorruptSample otherwise.
+
+    A list, not one stacked array: a stack of hundreds of frames is a large fresh allocation per video whose page
+    faults cost about as much as the decoding.
+    """
     try:
         with av.open(io.BytesIO(encoded)) as container:
             stream = container.streams.video[0]
@@ -72,22 +73,40 @@ def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> np.n
             missing = [i for i in indices.tolist() if i not in out]
             if missing:
                 raise CorruptSample(f"frames {missing[:5]} could not be decoded")
-            return np.stack([out[i] for i in indices.tolist()])
+            return [out[i] for i in indices.tolist()]
     except CorruptSample:
         raise
     except (av.FFmpegError, IndexError, ValueError, OSError) as exc:
         raise CorruptSample(f"{type(exc).__name__}: {exc}") from exc
 
 
-def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int],
-                  threads: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Decodes, resizes and crops each distinct frame of `frames` (L, T) once.
+def crop_into(decoded: List[np.ndarray], positions: np.ndarray, crop: Crop, out: torch.Tensor) -> None:
+    """Resizes and crops each decoded (h, w, 3) frame once, into every row of `out` (N, 3, H, W) that samples it.
 
-    Returns uint8 (U, 3, H, W) for the U sorted distinct frames, and int64 (L·T,) positions into them (the snippets'
-    frames in order). `size` is the (height, width) the json states; another stream size is corrupt.
+    positions: (N,) index into `decoded` of each output row.
     """
-    unique, inverse = np.unique(frames, return_inverse=True)
-    decoded = torch.from_numpy(decode_frames(encoded, unique, threads)).permute(0, 3, 1, 2)
-    if tuple(decoded.shape[-2:]) != tuple(size):
-        raise CorruptSample(f"frames are {decoded.shape[-1]}x{decoded.shape[-2]}, the json says {size[1]}x{size[0]}")
-    return apply_crop(decoded, crop), torch.from_numpy(inverse.reshape(-1))
+    order = np.argsort(positions, kind="stable")
+    bounds = np.searchsorted(positions[order], np.arange(len(decoded) + 1))
+    for j, frame in enumerate(decoded):
+        rows = order[bounds[j]:bounds[j + 1]]
+        if len(rows):
+            out[rows[0]] = apply_crop(torch.from_numpy(frame).permute(2, 0, 1)[None], crop)[0]
+            for row in rows[1:]:
+                out[row] = out[rows[0]]
+
+
+def load_snippets(encoded: bytes, frames: np.ndarray, crop: Crop, size: Tuple[int, int],
+                  out: Optional[torch.Tensor] = None, threads: int = 1) -> torch.Tensor:
+    """uint8 (L, T, 3, H, W): the snippet frames `frames` (L, T), each distinct frame decoded, resized and cropped once.
+
+    Written into `out` (L·T, 3, H, W) when given (the front end passes its batch row), else into a new tensor.
+    `size` is the (height, width) the json states; a stream of another size is corrupt (the crop assumed it).
+    """
+    unique, positions = np.unique(frames, return_inverse=True)
+    decoded = decode_frames(encoded, unique, threads)
+    if decoded[0].shape[:2] != tuple(size):
+        raise CorruptSample(f"frames are {decoded[0].shape[1]}x{decoded[0].shape[0]}, the json says {size[1]}x{size[0]}")
+    if out is None:
+        out = torch.empty((frames.size, 3, crop.H, crop.W), dtype=torch.uint8)
+    crop_into(decoded, positions.reshape(-1), crop, out)
+    return out.view(*frames.shape, 3, crop.H, crop.W)

@@ -14,7 +14,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from .backend_cpu import CorruptSample
+from .reader import CorruptSample
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")
 DEVICES = ("cpu", "mixed")

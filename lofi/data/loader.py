@@ -3,7 +3,7 @@ import functools
 import gc
 import importlib.util
 import warnings
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -30,11 +30,11 @@ def resolve_backend(backend: str) -> str:
     return "cpu"
 
 
-def _cpu_prepare(plan: dict) -> Tuple[torch.Tensor, torch.Tensor]:
-    return load_snippets(plan["mp4"], plan["frames"], plan["crop"], plan["size"])
+def _cpu_prepare(plan: dict, out: torch.Tensor) -> None:
+    load_snippets(plan["mp4"], plan["frames"], plan["crop"], plan["size"], out)
 
 
-def _dali_prepare(plan: dict, device: str) -> None:
+def _dali_prepare(plan: dict, out: None, device: str) -> None:
     from .backend_dali import probe
     probe(plan, device)
 
@@ -110,5 +110,6 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
         prepare = functools.partial(_dali_prepare, device=resolved.split("-")[1])
     front = FrontEnd(index_subset(shards, subset, foreground), batch_size=batch_size, schedule=schedule, train=train,
                      epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
-                     prepare=prepare, foreground=foreground, stride=stride, shuffle_buffer=shuffle_buffer)
+                     prepare=prepare, fills_frames=resolved == "cpu", foreground=foreground, stride=stride,
+                     shuffle_buffer=shuffle_buffer)
     return VideoLoader(front, resolved, num_workers, dali_threads)

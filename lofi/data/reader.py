@@ -30,16 +30,19 @@ import torch
 import webdataset as wds
 
 from ..fidelity import Fidelity
-from .backend_cpu import CorruptSample
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
 from .shardlist import Shard
 from .spatial import crop_params
 
+class CorruptSample(Exception):
+    """A sample that cannot be read or decoded; the front end skips, counts and reports it."""
+
+
 REQUIRED = ("id", "duration", "fps", "num_frames", "width", "height")
 
-# prepare(plan) -> (distinct frames uint8 (U, 3, H, W), positions (L·T,) into them), or None when the backend decodes
-# later (DALI); raises CorruptSample
-Prepare = Callable[[dict], Optional[Tuple[torch.Tensor, torch.Tensor]]]
+# prepare(plan, out): fills out uint8 (L·T, 3, H, W) with the plan's frames, or only checks the plan when out is None
+# (DALI decodes later); raises CorruptSample
+Prepare = Callable[[dict, Optional[torch.Tensor]], None]
 
 
 def _seed(*values: int) -> int:
@@ -51,7 +54,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
 
     def __init__(self, shards: List[Shard], *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, rank: int, world_size: int, num_workers: int,
-                 prepare: Prepare, foreground: bool = False, stride: Optional[int] = None,
+                 prepare: Prepare, fills_frames: bool, foreground: bool = False, stride: Optional[int] = None,
                  shuffle_buffer: int = 16):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -60,10 +63,11 @@ class FrontEnd(torch.utils.data.IterableDataset):
         self.shards, self.batch_size, self.schedule, self.train = shards, batch_size, schedule, train
         self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
         self.num_workers, self.prepare, self.foreground, self.stride = max(1, num_workers), prepare, foreground, stride
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.fills_frames = shuffle_buffer, fills_frames
         order = (np.random.default_rng(_seed(seed, epoch)).permutation(len(shards)) if train
                  else np.arange(len(shards)))
-        self.units: List[Tuple[int, int, Optional[int]]] = [(int(s), k, seg) for s in order for k, seg in shards[s].units()]
+        self.units: List[Tuple[int, int, Optional[int]]] = [
+            (int(s), k, seg) for s in order for k, seg in shards[s].units()]
         if not self.units:
             raise ValueError("the shards hold no " + ("annotated segments" if foreground else "samples"))
         self.num_batches = math.ceil(len(self.units) / (world_size * batch_size))
@@ -147,11 +151,13 @@ class FrontEnd(torch.utils.data.IterableDataset):
     def make_batch(self, iteration: int, items: List[Tuple[int, dict, Optional[int]]]) -> dict:
         """Plans and prepares one batch; corrupt samples are replaced by duplicates of a good one (see module doc)."""
         fid = self.schedule(self.epoch, iteration)
-        plans, frames, corrupt = [], [], {}
+        out = (torch.empty((len(items), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8) if self.fills_frames
+               else None)
+        plans, corrupt = [], {}
         for position, sample, segment in items:
             try:
                 plan = self.plan(position, sample, segment, fid)
-                frames.append(self.prepare(plan))
+                self.prepare(plan, None if out is None else out[len(plans)])
                 plans.append(plan)
             except CorruptSample as exc:
                 where = f"{sample.get('__key__')} in {sample.get('__url__')}"
@@ -160,16 +166,14 @@ class FrontEnd(torch.utils.data.IterableDataset):
         if not plans:
             raise RuntimeError(f"epoch {self.epoch} batch {iteration}: every sample is corrupt: {sorted(corrupt)}")
         while len(plans) < len(items):
+            if out is not None:
+                out[len(plans)] = out[0]
             plans.append(dict(plans[0], meta=dict(plans[0]["meta"], pad=plans[0]["meta"]["pad"] or not self.train)))
-            frames.append(frames[0])
         batch = {"meta": [p["meta"] for p in plans], "fidelity": fid, "epoch": self.epoch, "iteration": iteration,
                  "corrupt": corrupt}
-        if frames[0] is None:
+        if out is None:
             batch["plans"] = plans
         else:
-            out = torch.empty((len(plans), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8)
-            for i, (unique, positions) in enumerate(frames):
-                torch.index_select(unique, 0, positions, out=out[i])
             batch["frames"] = out.view(len(plans), fid.L, fid.T, 3, fid.H, fid.W)
         return batch
 

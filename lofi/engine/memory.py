@@ -19,11 +19,17 @@ def saved_bytes(fn, params: Iterable[torch.Tensor]) -> int:
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     seen = {}
 
-    def pack(t: torch.Tensor):
+    def count(t: torch.Tensor) -> None:
+        if t.is_sparse:  # e.g. the pure-PyTorch SGAlign's sampling matrix
+            count(t._indices())
+            count(t._values())
+            return
         storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs:
-            seen[ptr] = storage.nbytes()
+        if storage.data_ptr() not in param_ptrs:
+            seen[storage.data_ptr()] = storage.nbytes()
+
+    def pack(t: torch.Tensor):
+        count(t)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -9,14 +9,18 @@ Semantics (REFERENCE.md §3.2), per video:
   4. stop after ``top_k`` picks, or when no remaining candidate has a positive score.
 IoU is the exact 1-D IoU of ``[start, end]`` segments (any unit; a pair whose union is <= 0 has IoU 0; a segment with
 ``end < start`` overlaps nothing). Unlike G-TAD's Python loop, the last remaining candidate is emitted too.
-Scores are decayed in float64 whatever the input dtype (G-TAD computes in Python floats), so the compiled kernels and
-the references below agree up to float64 rounding; output scores have the input dtype.
+Scores are decayed in float64 whatever the input dtype (G-TAD computes in Python floats); output scores have the input
+dtype. The compiled kernels (csrc/soft_nms.h: C++ on the CPU, one CUDA launch per batch) keep a Gaussian score as
+log(score) - sum(IoU²)/sigma, so they agree with the references below up to float64 rounding, and pick differently
+only where two candidates' scores are that close (the tests allow 1e-6 relative). Every implementation is
+deterministic; CPU and CUDA can differ in the last bits of exp/log.
 """
 import math
 from typing import Optional, Tuple
 
 import torch
 
+from . import extension
 
 METHODS = {"gaussian": 0, "linear": 1, "hard": 2}
 DTYPES = (torch.float32, torch.float64)
@@ -56,7 +60,8 @@ def _validate(segments, scores, num_valid, sigma, top_k, method, iou_threshold, 
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float)) or not math.isfinite(iou_threshold):
+    if (isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float))
+            or not math.isfinite(iou_threshold)):
         raise ValueError(f"iou_threshold must be a finite number, got {iou_threshold!r}")
     if check:
         for name, t in (("segments", segments), ("scores", scores)):
@@ -148,8 +153,12 @@ def batched_soft_nms(segments: torch.Tensor, scores: torch.Tensor, num_valid: Op
     ``check=False`` skips the NaN/inf and num_valid range checks, which sync with the GPU.
     """
     _validate(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check, batched=True)
-    # The compiled kernels (torch.ops.lofi.batched_soft_nms) land in the next commit.
-    return batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check=False)
+    if not extension.use_kernel(scores):
+        return batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, iou_threshold, check=False)
+    if num_valid is not None:
+        num_valid = num_valid.to(torch.int64)
+    return torch.ops.lofi.batched_soft_nms(segments, scores, num_valid, float(sigma), top_k, METHODS[method],
+                                           float(iou_threshold))
 
 
 def soft_nms(segments: torch.Tensor, scores: torch.Tensor, sigma: float = 0.8, top_k: int = 100,
