@@ -14,9 +14,17 @@ START=$(date +%s)
 : > "$OUTDIR/steps.tsv"
 
 # step NAME TIMEOUT_S CMD... : runs CMD with a timeout, logs to OUTDIR/NAME.log, records rc and seconds.
+# The whole script stays within BUDGET_S: each step's limit is cut to what is left, and a step with nothing left is
+# recorded as skipped (rc 124).
+BUDGET_S=${BUDGET_S:-290}
 step() {
   local name=$1 limit=$2; shift 2
   local t0=$(date +%s)
+  local left=$(( BUDGET_S - (t0 - START) ))
+  (( left < limit )) && limit=$left
+  if (( limit <= 0 )); then
+    printf '%s\t124\t0\n' "$name" >> "$OUTDIR/steps.tsv"; echo "== $name skipped (budget spent)"; return 124
+  fi
   timeout "$limit" "$@" > "$OUTDIR/$name.log" 2>&1
   local rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" >> "$OUTDIR/steps.tsv"
