@@ -139,6 +139,7 @@ def test_one_real_cell_at_toy_scale(tmp_path, monkeypatch):
     """ACP (shared) + one LoFi cell through python -m lofi.train on 8 tiny videos; several minutes on 2 busy cores."""
     toy = R.Preset(description="toy", work_root=str(tmp_path / "work"), overrides=(
         "data.synthetic.num_videos=8", "data.synthetic.num_clips=24", "data.num_workers=0", "fidelity.L=8",
+        "fidelity.stride=null",
         "fidelity.size=32", "acp.fidelity.size=32", "acp.epochs=1", "acp.batch_size=8", "lofi.epochs=1",
         "lofi.batch_size=2", "head.epochs=2", "head.batch_size=2"))
     monkeypatch.setitem(R.PRESETS, "toy", toy)
