@@ -25,7 +25,8 @@ from lofi.data.spatial import crop_params
 from lofi.engine.plots import plot_timelines
 from lofi.engine.report import load_head
 from lofi.models import build_encoder
-from lofi.postprocess import result_json, write_json
+from lofi.atomic import write_json
+from lofi.postprocess import result_json
 
 
 def probe(encoded: bytes, path: str) -> Tuple[int, float, Tuple[int, int]]:

@@ -12,7 +12,6 @@
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -124,13 +123,3 @@ def result_json(results: Dict[str, list], classifier: Optional[str], version: st
     """ActivityNet result file content; ``external_data`` records which classifier produced the labels."""
     return {"version": version, "results": results, "external_data": {"used": classifier is not None,
                                                                       "classifier": classifier}}
-
-
-def write_json(obj: dict, path) -> None:
-    """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lofi.models import build_targets
-from lofi.postprocess import boundary_candidates, detect, load_cuhk, result_json, write_json
+from lofi.atomic import write_json
+from lofi.postprocess import boundary_candidates, detect, load_cuhk, result_json
 
 CLASSES = ["jump", "run", "swim", "throw"]
 

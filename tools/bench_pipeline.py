@@ -43,6 +43,7 @@ import webdataset as wds
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lofi import benchmark  # noqa: E402
+from lofi.atomic import write_json  # noqa: E402
 from lofi.data import build_loader  # noqa: E402
 from lofi.data.backend_cpu import crop_into, decode_frames, gop_runs, stream_index  # noqa: E402
 from lofi.data.sampling import snippet_frame_indices  # noqa: E402
@@ -94,9 +95,7 @@ def make_sources(out: Path, videos: int, seconds: float) -> Path:
                 container.mux(packet)
         database[f"bench{v}"] = {"subset": "validation", "duration": seconds,
                                  "annotations": [{"segment": [0.2 * seconds, 0.6 * seconds], "label": "move"}]}
-    tmp = ann.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"database": database}))
-    os.replace(tmp, ann)
+    write_json({"database": database}, ann)
     return ann
 
 

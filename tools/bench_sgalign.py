@@ -15,7 +15,6 @@ tensors with transparent huge pages; with 4 KiB pages, first-touch page faults d
 Usage: python tools/bench_sgalign.py [--device cpu|cuda] [--batch B] [--json PATH] [--no-record]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ import torchvision  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from lofi import benchmark  # noqa: E402
+from lofi.atomic import write_json  # noqa: E402
 from lofi.ops import extension, sg_align, sg_align_project  # noqa: E402
 from lofi.ops.sg_align import _Plan, gtad_anchor_rois, sampling_plan  # noqa: E402
 
@@ -180,10 +180,7 @@ def main(argv=None) -> dict:
             f"load average {load:.1f} at start.\n\n{table}")
     print(body)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(figures, f, indent=1)
-        os.replace(tmp, args.json)
+        write_json(figures, args.json, indent=1)
     if not args.no_record:
         command = " ".join(["python3", "tools/bench_sgalign.py"] + (argv or sys.argv[1:]))
         benchmark.record(f"SGAlign ({args.device})", body, command)

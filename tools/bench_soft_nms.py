@@ -26,7 +26,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from lofi import benchmark  # noqa: E402
 from lofi.ops import batched_soft_nms, batched_soft_nms_reference, extension  # noqa: E402
-from lofi.postprocess import write_json  # noqa: E402
+from lofi.atomic import write_json  # noqa: E402
 
 
 def _gtad_loop():

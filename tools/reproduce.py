@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lofi.postprocess import write_json  # noqa: E402
+from lofi.atomic import write_bytes, write_json  # noqa: E402
 
 METRIC_TIOUS = (0.5, 0.75, 0.95)
 METRICS = ("mAP@0.5", "mAP@0.75", "mAP@0.95", "avg")
@@ -663,9 +663,7 @@ def write_results(results_root: Path, doc: Path, memory_file: Optional[Path] = N
         sections[d.name] = {"summary": summary, "cells": cells, "notes": notes, "plots": plots,
                             **({"machine": machine} if machine else {})}
     text = render_results(sections, memory)
-    tmp = Path(doc).with_name(f".{Path(doc).name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, doc)
+    write_bytes(doc, text)
     return text
 
 

@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import pathlib
 
 import numpy as np
 
+from ..atomic import write_bytes, write_json
 from .packing import Encoding, VideoWriter, ordered_map
 
 # name: (pattern kind, frequency in Hz (travel: speed in short sides per second), amplitude in short sides)
@@ -373,9 +373,7 @@ def _write_video(spec: dict, cfg: SyntheticConfig, path: pathlib.Path) -> None:
     except BaseException:
         writer.abort()
         raise
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def _video_task(args):
@@ -422,9 +420,7 @@ def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: 
                 clips.append(result)
     meta = {"version": "lofi-synthetic-1", "config": dataclasses.asdict(cfg), "classes": cfg.classes,
             "database": database}
-    tmp = paths["annotations"].with_name("annotations.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, paths["annotations"])
+    write_json(meta, paths["annotations"], indent=1)
     tmp = paths["clip_list"].with_name("clips.csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["video", "start", "end", "label", "split"])

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from lofi.postprocess import write_json
+from lofi.atomic import write_json
 
 from . import distributed as D
 

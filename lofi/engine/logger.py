@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Optional
 
 import torch
 
-from lofi.postprocess import write_json
+from lofi.atomic import write_json
 
 
 def memory_mib(device: torch.device) -> float:

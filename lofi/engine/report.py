@@ -56,7 +56,8 @@ def table(tious: List[float], rows: Dict[str, Dict[str, Any]]) -> str:
 def run_eval(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Evaluates ``model.pt`` on the validation subset; returns the metrics on rank 0 (None elsewhere)."""
     from lofi.evaluation import evaluate_detection, evaluate_proposals
-    from lofi.postprocess import result_json, write_json
+    from lofi.atomic import write_json
+    from lofi.postprocess import result_json
     cfg, info = ctx.cfg, ctx.info
     model, bundle = load_head(model_path or ctx.run_dir / "model.pt", info.device)
     val = subset_features(ctx, cfg.data.val_subset, frozen_encoder_file(ctx))
