@@ -3,12 +3,13 @@ import datetime
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Sequence
 
 import torch
+
+from lofi.atomic import write_bytes
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 
@@ -51,11 +52,5 @@ def record(title: str, body: str, command: str, path: Path = BENCHMARKS_MD) -> N
     """Appends a dated section (title, machine, command, body) to docs/BENCHMARKS.md, atomically."""
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     section = f"\n## {title} ({stamp})\n\nMachine: {machine()}\n\nCommand: `{command}`\n\n{body}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures appended by the scripts in `tools/`, newest last.\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(old + section)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, old + section)
