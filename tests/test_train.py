@@ -24,12 +24,13 @@ TINY = ["fidelity.L=8", "fidelity.T=2", "fidelity.size=32", "fidelity.stride=nul
         "stages=[acp, acp+, lofi, head, eval]", "eval.num_timelines=2"]
 
 
-def train(tmp, shards, *args, check=True, wrapper=(), nproc=0):
+def train(tmp, shards, *args, check=True, wrapper=(), nproc=0, restarts=0, env=None):
+    """``python [torchrun] [wrapper] -m lofi.train`` on the tiny shards; ``wrapper`` is a script such as kill_after.py."""
     launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--rdzv_backend", "c10d",
-              "--rdzv_endpoint", "localhost:0"] if nproc else []
-    cmd = [sys.executable, *wrapper, *launch, "-m", "lofi.train", f"data.shards={shards}", f"data.clip_shards={shards}/clips",
+              "--rdzv_endpoint", "localhost:0", "--max-restarts", str(restarts)] if nproc else []
+    cmd = [sys.executable, *launch, *wrapper, "-m", "lofi.train", f"data.shards={shards}", f"data.clip_shards={shards}/clips",
            f"work_dir={tmp}", "data.synthetic.build=false", *TINY, *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -155,6 +156,27 @@ def test_two_process_gloo_lofi_stage(tiny_run, tiny_shards, tmp_path):
     state = torch.load(tmp_path / "demo" / "lofi" / "last.pt", weights_only=False)
     assert state["position"] == {"epoch": 1, "iteration": 0, "done": True}
     assert all(torch.isfinite(v).all() for v in state["models"]["model"].values() if v.is_floating_point())
+
+
+def test_torchrun_max_restarts_resumes_a_killed_worker(tiny_run, tiny_shards, tmp_path):
+    # Rank 1 is SIGKILLed mid-epoch once; torchrun --max-restarts 1 restarts both workers, --resume auto continues
+    # from the latest checkpoint, and the final weights equal those of an uninterrupted 2-process run.
+    run_dir, _ = tiny_run
+    common = ["--stage", "lofi", "--resume", "auto", "lofi.epochs=2", "checkpoint.every_iters=1",
+              f"model.weights={run_dir / 'acp' / 'encoder.pt'}"]
+    train(tmp_path / "a", tiny_shards, *common, nproc=2)
+    marker = tmp_path / "killed"
+    killer = [str(REPO / "tests" / "kill_after.py"), "3"]
+    proc = train(tmp_path / "b", tiny_shards, *common, nproc=2, restarts=1, wrapper=killer,
+                 env={"KILL_RANK": "1", "KILL_ONCE": str(marker)})
+    assert marker.exists(), "rank 1 was never killed"
+    assert proc.stdout.count("run demo: stages lofi") == 2, proc.stdout[-2000:]  # the first start and the restart
+    assert "[lofi] resumed at epoch 0, iteration " in proc.stdout, proc.stdout[-2000:]  # not from scratch
+    a = torch.load(tmp_path / "a" / "demo" / "lofi" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "demo" / "lofi" / "last.pt", weights_only=False)
+    assert b["position"] == {"epoch": 2, "iteration": 0, "done": True}
+    wa, wb = a["models"]["model"], b["models"]["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_config_error_exits_before_running(tmp_path, tiny_shards):
