@@ -63,7 +63,7 @@ def stage_losses(run_dir, stage):
     return [r["loss"] for r in read_log(run_dir / "log.jsonl") if r.get("stage") == stage and r.get("kind") == "step"]
 
 
-def test_all_stages_end_to_end(tiny_run):
+def test_all_stages_end_to_end(tiny_run, tiny_shards):
     run_dir, proc = tiny_run
     for stage in ("acp", "acp_plus", "lofi", "head"):
         assert (run_dir / stage / "last.pt").is_file(), stage
@@ -75,6 +75,9 @@ def test_all_stages_end_to_end(tiny_run):
     assert set(ev["AR@AN"]) >= {"1", "10", "100"} and "baseline_average_mAP" in ev
     for stage in ("acp", "acp_plus", "lofi", "head"):
         assert metrics[f"time_{stage}"]["videos_per_s"] > 0
+    clips = json.loads((tiny_shards / "clips" / "manifest.json").read_text())["splits"]["validation"]["num_samples"]
+    assert metrics["acp"]["val_clips"] == clips and 0 <= metrics["acp"]["val_accuracy"] <= 1  # every clip once
+    assert metrics["acp_plus"]["val_clips"] > 0 and "[acp+] validation accuracy" in proc.stdout
     assert "uniform random proposals" in proc.stdout and "average mAP" in proc.stdout
     det = json.loads((run_dir / "eval" / "detections.json").read_text())
     assert det["results"] and all(len(v) <= 200 for v in det["results"].values())

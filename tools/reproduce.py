@@ -117,13 +117,14 @@ class Preset:
 
 PRESETS = {
     "cpu": Preset(
-        description=("lofi/configs/demo.yaml's benchmark and recipe with 3 LoFi epochs: lofi.data.synthetic preset "
-                     "`demo`, 40 videos of 20-40 s (30 training / 10 validation), 5 motion classes, 128x160 px stored "
-                     "at short side 128, 15 fps; ACP source set: 200 trimmed clips (170 training). Full fidelity 16 "
-                     "snippets x 4 frames at 64x64 (the paper: 100 x 8 at 224x224); LoFi fidelities 16x4@32 (S), "
-                     "4x4@64 (T), 8x4@46 (ST). ACP 3 epochs (batch 16, 1x4@64, SGD 0.01); LoFi 3 epochs = one "
-                     "I->II->III cycle (batch 8 -> 4 steps per epoch, SGD lr 0.1, momentum 0, wd 1e-4: the paper's); "
-                     "head 30 epochs (Adam 1e-3, batch 4), best epoch by validation average mAP."),
+        description=("lofi/configs/demo.yaml's benchmark and recipe: lofi.data.synthetic preset `demo` with 120 "
+                     "videos of 20-40 s (90 training / 30 validation), 5 motion classes, no distractor objects, "
+                     "128x160 px stored at short side 128, 15 fps; ACP source set: 2000 trimmed clips (1700 "
+                     "training). Full fidelity 16 snippets x 4 frames (frame stride 2) at 64x64 (the paper: 100 x 8 "
+                     "at 224x224); LoFi fidelities 16x4@32 (S), 4x4@64 (T), 8x4@46 (ST). ACP 8 epochs (batch 16, "
+                     "1x4@64, Adam 1e-3); LoFi 3 epochs = one I->II->III cycle (batch 8 -> 11 steps per epoch, SGD "
+                     "lr 0.1, momentum 0, wd 1e-4: the paper's); head 20 epochs (Adam 1e-3, batch 4), best epoch by "
+                     "validation average mAP."),
         overrides=("lofi.epochs=3",),
         tables=("1", "2", "control", "6"), smoke_seeds=(0,)),
     "gpu": Preset(
@@ -586,8 +587,9 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
         summary, cells = sec["summary"], sec["cells"]
         p = PRESETS.get(preset)
         lines += [f"## Preset `{preset}`", ""]
-        if p:
-            lines += [f"Scale: {p.description}", ""]
+        lines += [f"Scale: {p.description}", ""] if p else [
+            f"Archived: cells of an earlier recipe, kept for the record; `{preset}` is not a current preset, so they "
+            "cannot be re-run as they are. The notes below give the recipe and the investigation.", ""]
         secs = [c["seconds"]["cell"] for c in cells]
         if secs:
             lines += [f"{len(cells)} cells; wall time per cell {min(secs):.0f}-{max(secs):.0f} s "
@@ -613,6 +615,10 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
             if t != "control":
                 lines += ["The paper's numbers (ActivityNet-1.3 / HACS-1.1, from the paper, **not ours**):", "",
                           paper_table(rows, t), ""]
+        if p is None:
+            lines += ["### Notes and investigation", "", sec["notes"].strip(), ""] if sec.get("notes") else []
+            lines += [f"![{png.stem}](results/{preset}/{png.name})" + "\n" for png in sec.get("plots", [])]
+            continue
         lines += ["### Commands (one per number)", "",
                   "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
                   "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]

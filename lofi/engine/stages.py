@@ -168,7 +168,34 @@ def run_classification(ctx: Context, stage: str) -> Path:
                       every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
                       config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
     run_trainer(ctx, trainer)
+    if cfg.data.val_subset in read_manifest(shards).get("splits", {}):
+        classification_accuracy(ctx, stage, net, loader_factory(ctx, shards, cfg.data.val_subset, per,
+                                                                  lambda e, i: fid, False, foreground=stage == "acp+"))
     return export_encoder(ctx, stage, model.encoder)
+
+
+def classification_accuracy(ctx: Context, stage: str, net: torch.nn.Module, loader_fn) -> Optional[float]:
+    """Top-1 accuracy of ``net`` on every clip of the validation loader (padding skipped, gathered over ranks);
+    logged as ``metrics[stage]`` and returned on rank 0 (None elsewhere, or when the subset is empty)."""
+    net.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader_fn(0):
+            keep = [i for i, m in enumerate(batch["meta"]) if not m.get("pad")]
+            if keep:
+                logits = net(batch["frames"][keep].to(ctx.info.device, non_blocking=True))
+                labels = labels_of([batch["meta"][i] for i in keep]).to(ctx.info.device)
+                correct += int((logits.argmax(1) == labels).sum())
+                total += len(keep)
+    net.train()
+    parts = D.gather_to_main((correct, total))
+    if parts is None or not sum(t for _, t in parts):
+        return None
+    correct, total = sum(c for c, _ in parts), sum(t for _, t in parts)
+    ctx.log.metrics(stage_key(stage), {"val_accuracy": correct / total, "val_clips": total})
+    ctx.log.info(f"[{stage}] validation accuracy {100 * correct / total:.1f}% on {total} clips "
+                 f"({ctx.cfg.data.val_subset})")
+    return correct / total
 
 
 # ------------------------------------------------------------------------------------------------------- lofi
