@@ -201,3 +201,16 @@ def test_infer_on_real_video(tiny_run, shared_data, tmp_path):
         dets = json.loads((out / "bikes.json").read_text())["results"]["bikes"]
         assert dets and all(0 <= d["segment"][0] <= d["segment"][1] for d in dets)
         assert (out / "bikes_timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probe_features_on_the_tiny_runs_cache(tiny_run, tmp_path):
+    # tools/probe_features.py reads the head stage's feature cache: one snippet label per cached snippet.
+    run_dir, _ = tiny_run
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "probe_features.py"), str(run_dir), "--json", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())[str(run_dir)]
+    assert 0 <= r["fg_auc"] <= 1 and 0 < r["fg_fraction"] < 1 and r["segments"] > 0 and 0 <= r["class_acc"] <= 1
+    assert "actionness probe AUC" in proc.stdout

@@ -54,10 +54,22 @@ def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=dev if dev.type == "cuda" else None)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout,
+                                device_id=dev if dev.type == "cuda" else None, **restart_store(rank, world_size, timeout))
     return DistInfo(rank, world_size, local_rank, dev)
+
+
+def restart_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dict:
+    """Under torchrun, ``{"store": ...}``: its TCP store under a prefix per restart. After ``--max-restarts``
+    relaunches the workers, torchrun's store still holds the dead workers' addresses, and a new gloo/NCCL group that
+    reads them fails with "Connection refused" (pytorch/pytorch#167288). Elsewhere ``{}`` (torch's env:// init)."""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return {}
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"  # the agent hosts the store
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not agent, timeout=timeout)
+    return {"store": dist.PrefixStore(f"lofi/restart{os.environ['TORCHELASTIC_RESTART_COUNT']}/", store)}
 
 
 def shutdown() -> None:
