@@ -134,6 +134,19 @@ def test_results_markdown_and_plots(tmp_path):
         assert f"(results/cpu/{name}.png)" in text
 
 
+def test_archived_cells_are_reported_without_commands(tmp_path):
+    # A results folder that is no current preset (cells of an earlier recipe): shown with its notes and plots, but
+    # with no re-run commands, which would run the current recipe instead.
+    root = tmp_path / "results"
+    write_cells(root / "cpu-v1", [make_cell(r, 0, 5.0) for r in ("acp", "long_c_lofi")])
+    (root / "cpu-v1" / "NOTES.md").write_text("The old recipe's ACP was at chance.")
+    text = R.write_results(root, tmp_path / "RESULTS.md")
+    section = text.split("## Preset `cpu-v1`", 1)[1]
+    assert "Archived" in section and "The old recipe's ACP was at chance." in section
+    assert "--preset cpu-v1" not in text and "### Commands" not in section
+    assert "(results/cpu-v1/map_vs_tiou.png)" in section
+
+
 @pytest.mark.slow
 def test_one_real_cell_at_toy_scale(tmp_path, monkeypatch):
     """ACP (shared) + one LoFi cell through python -m lofi.train on 8 tiny videos; several minutes on 2 busy cores."""
