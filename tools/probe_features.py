@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lofi.engine.feature_cache import FeatureCache  # noqa: E402
 
 
-def foreground(meta: dict, num_snippets: int) -> np.ndarray:
-    """(L,) 1.0 where snippet l's centre ((l + 0.5) / L · duration, seconds) lies inside an annotated segment."""
+def inside(meta: dict, num_snippets: int) -> List[np.ndarray]:
+    """Per annotated segment, (L,) bool: snippet l's centre ((l + 0.5) / L · duration, seconds) lies in it."""
     centres = (np.arange(num_snippets) + 0.5) / num_snippets * float(meta["duration"])
-    fg = np.zeros(num_snippets)
-    for a in meta.get("annotations", []):
-        start, end = a["segment"]
-        fg[(centres >= start) & (centres < end)] = 1.0
-    return fg
+    return [(centres >= a["segment"][0]) & (centres < a["segment"][1]) for a in meta.get("annotations", [])]
+
+
+def foreground(meta: dict, num_snippets: int) -> np.ndarray:
+    """(L,) 1.0 where the snippet's centre lies inside any annotated segment."""
+    return np.any(inside(meta, num_snippets) or [np.zeros(num_snippets, bool)], axis=0).astype(float)
 
 
 def load_subset(run_dir: Path, subset: str) -> Tuple[np.ndarray, np.ndarray, List[Tuple[np.ndarray, str]]]:
@@ -43,14 +44,10 @@ def load_subset(run_dir: Path, subset: str) -> Tuple[np.ndarray, np.ndarray, Lis
     feats, labels, segments = [], [], []
     for _, (x, meta) in sorted(entries.items()):
         x = x.float().numpy().T  # (L, C)
-        fg = foreground(meta, len(x))
-        centres = (np.arange(len(x)) + 0.5) / len(x) * float(meta["duration"])
-        for a in meta.get("annotations", []):
-            inside = (centres >= a["segment"][0]) & (centres < a["segment"][1])
-            if inside.any():
-                segments.append((x[inside].mean(0), a["label"]))
+        masks = inside(meta, len(x))
+        segments += [(x[m].mean(0), a["label"]) for m, a in zip(masks, meta["annotations"]) if m.any()]
         feats.append(x)
-        labels.append(fg)
+        labels.append(foreground(meta, len(x)))
     return np.concatenate(feats), np.concatenate(labels), segments
 
 

@@ -621,17 +621,14 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
             if t != "control":
                 lines += ["The paper's numbers (ActivityNet-1.3 / HACS-1.1, from the paper, **not ours**):", "",
                           paper_table(rows, t), ""]
-        if p is None:
-            lines += ["### Notes and investigation", "", sec["notes"].strip(), ""] if sec.get("notes") else []
-            lines += [f"![{png.stem}](results/{preset}/{png.name})" + "\n" for png in sec.get("plots", [])]
-            continue
-        lines += ["### Commands (one per number)", "",
-                  "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
-                  "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]
-        for row in (r for r in ROWS if r in summary):
-            lines.append(f"- {ROWS[row].label}: `PYTHONPATH=. python tools/reproduce.py --preset {preset} --rows {row} "
-                         f"--seeds {','.join(str(s) for s in summary[row]['seeds'])}`")
-        lines.append("")
+        if p:  # an archived folder has no command that would re-run its recipe
+            lines += ["### Commands (one per number)", "",
+                      "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
+                      "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]
+            for row in (r for r in ROWS if r in summary):
+                lines.append(f"- {ROWS[row].label}: `PYTHONPATH=. python tools/reproduce.py --preset {preset} "
+                             f"--rows {row} --seeds {','.join(str(s) for s in summary[row]['seeds'])}`")
+            lines.append("")
         for png in sec.get("plots", []):
             lines += [f"![{png.stem}](results/{preset}/{png.name})", ""]
         if sec.get("notes"):

@@ -169,13 +169,14 @@ def run_classification(ctx: Context, stage: str) -> Path:
                       config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
     run_trainer(ctx, trainer)
     if cfg.data.val_subset in read_manifest(shards).get("splits", {}):
-        classification_accuracy(ctx, stage, net, loader_factory(ctx, shards, cfg.data.val_subset, per,
+        classification_accuracy(ctx, stage, model, loader_factory(ctx, shards, cfg.data.val_subset, per,
                                                                   lambda e, i: fid, False, foreground=stage == "acp+"))
     return export_encoder(ctx, stage, model.encoder)
 
 
 def classification_accuracy(ctx: Context, stage: str, net: torch.nn.Module, loader_fn) -> Optional[float]:
-    """Top-1 accuracy of ``net`` on every clip of the validation loader (padding skipped, gathered over ranks);
+    """Top-1 accuracy of ``net`` (unwrapped: no DDP collectives, so ranks may skip padding-only batches) on every clip
+    of the validation loader (padding skipped, gathered over ranks);
     logged as ``metrics[stage]`` and returned on rank 0 (None elsewhere, or when the subset is empty)."""
     net.eval()
     correct = total = 0
