@@ -9,40 +9,22 @@ Each write goes to a temporary file in the same directory, is fsync'ed, then ren
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
+from lofi.atomic import write_with
+
 STEP_RE = re.compile(r"step-(\d{4})-(\d{6})\.pt$")
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
     """torch.save to a temporary file beside ``path``, fsync, rename (never a half-written ``path``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return write_with(path, lambda f: torch.save(obj, f))
 
 
 def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
