@@ -143,7 +143,8 @@ def run_classification(ctx: Context, stage: str) -> Path:
     cfg, info = ctx.cfg, ctx.info
     sc = getattr(cfg, stage_key(stage))
     shards = cfg.data.clip_shards if stage == "acp" else cfg.data.shards
-    classes = read_manifest(shards)["classes"]
+    manifest = read_manifest(shards)
+    classes = manifest["classes"]
     init = encoder_source(ctx, stage)
     ctx.log.info(f"[{stage}] {len(classes)} classes from {shards}; encoder {cfg.model.encoder} from "
                  f"{init or 'random initialization'}")
@@ -168,7 +169,7 @@ def run_classification(ctx: Context, stage: str) -> Path:
                       every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
                       config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
     run_trainer(ctx, trainer)
-    if cfg.data.val_subset in read_manifest(shards).get("splits", {}):
+    if cfg.data.val_subset in manifest.get("splits", {}):
         classification_accuracy(ctx, stage, model, loader_factory(ctx, shards, cfg.data.val_subset, per,
                                                                   lambda e, i: fid, False, foreground=stage == "acp+"))
     return export_encoder(ctx, stage, model.encoder)
