@@ -82,6 +82,34 @@ def test_finished_cells_are_skipped(tmp_path):
     calls.clear()
     R.run_study("cpu", [0, 1], ["acp", "long_c_lofi"], out, runner=runner, say=lambda m: None)
     assert calls == []
+    # A cell of an older definition of its row (the cpu preset re-scales short_c_lofi) is re-run, not kept.
+    old = make_cell("short_c_lofi", 0, 17.0)
+    assert old["label"] == "Short C-LoFi (c_s = 16)"
+    write_cells(out, [old])
+    said = []
+    R.run_study("cpu", [0], ["short_c_lofi"], out, runner=runner, say=said.append)
+    assert calls == [("short_c_lofi", 0)] and any(m.startswith("[stale]") for m in said)
+    assert json.loads(R.cell_path(out, "short_c_lofi", 0).read_text())["metrics"]["avg"] == 20.0
+
+
+def test_presets_rescale_rows_to_their_epoch_length():
+    """The cpu preset's epoch has 11 LoFi steps: its Short C-LoFi cycles every batch (the paper's c_s = 16 would
+    never leave configuration I), and its cells carry that label into RESULTS.md."""
+    from lofi.config import load_config
+    from lofi.fidelity import Fidelity, LoFiSchedule
+    row = R.preset_row("cpu", "short_c_lofi")
+    assert "lofi.schedule.c_s=1" in row.overrides and "c_s = 1" in row.label
+    assert R.preset_row("gpu", "short_c_lofi") is R.ROWS["short_c_lofi"]
+    assert R.preset_row("cpu-v1", "short_c_lofi") is R.ROWS["short_c_lofi"]  # archived: the rows as they were
+    cfg = load_config(None, list(row.overrides), stages=list(row.stages), check_paths=False)
+    sched = LoFiSchedule("short_cycle", Fidelity(16, 4, 64, 64), c_s=cfg.lofi.schedule.c_s)
+    assert len({sched(0, i) for i in range(11)}) == 3
+    cells = [make_cell("acp", 0, 10.0), {**make_cell("short_c_lofi", 0, 12.0), "label": row.label}]
+    summary = R.summarize(cells)
+    assert summary["short_c_lofi"]["label"] == row.label
+    assert f"| {row.label} | 1 |" in R.ours_table(summary, ["acp", "short_c_lofi"])
+    with pytest.raises(ValueError, match="row short_c_lofi: cells of different definitions"):
+        R.summarize(cells + [make_cell("short_c_lofi", 1, 12.0)])
 
 
 def test_row_selection():

@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -113,6 +113,8 @@ class Preset:
     smoke_seeds: tuple = (0,)
     work_root: str = "work_dirs/repro"
     max_minutes: Optional[float] = None  # default --max-minutes
+    # Rows whose schedule this preset re-scales to its epoch length (label and overrides replace ROWS[row]'s).
+    rescaled_rows: Dict[str, Row] = field(default_factory=dict)
 
 
 PRESETS = {
@@ -126,7 +128,13 @@ PRESETS = {
                      "lr 0.1, momentum 0, wd 1e-4: the paper's); head 20 epochs (Adam 1e-3, batch 4), best epoch by "
                      "validation average mAP."),
         overrides=("lofi.epochs=3",),
-        tables=("1", "2", "control", "6"), smoke_seeds=(0,)),
+        tables=("1", "2", "control", "6"), smoke_seeds=(0,),
+        # The paper's c_s = 16: an ActivityNet epoch (~10k videos at batch 16, ~600 steps) holds ~13 I->II->III
+        # cycles. Here an epoch has 11 steps and the short cycle restarts each epoch, so c_s = 16 never left I (the
+        # row equalled S-LoFi exactly). c_s = 1 is the nearest that cycles within an epoch (3.7 cycles; multigrid's
+        # short cycle also alternates every batch).
+        rescaled_rows={"short_c_lofi": Row("Short C-LoFi (c_s = 1: an epoch has 11 steps here)", LOFI_STAGES,
+                                           _lofi("short_cycle", "lofi.schedule.c_s=1"))}),
     "gpu": Preset(
         description=("lofi.data.synthetic preset `demo` enlarged to 160 videos (120 training / 40 validation), "
                      "8 classes, 800 clips; full fidelity 32 snippets x 8 frames at 112x112; LoFi 12 epochs "
@@ -142,16 +150,24 @@ PRESETS = {
 
 # ---------------------------------------------------------------------------------------------------------- cells
 
+def preset_row(preset_name: str, row: str) -> Row:
+    """``row`` as ``preset_name`` runs it: ROWS[row] unless the preset re-scales it."""
+    preset = PRESETS.get(preset_name)
+    return preset.rescaled_rows.get(row, ROWS[row]) if preset else ROWS[row]
+
+
 def cell_path(out: Path, row: str, seed: int) -> Path:
     return Path(out) / f"{row}-seed{seed}.json"
 
 
-def cell_done(path: Path) -> bool:
-    """A cell is finished when its JSON parses and holds metrics (a torn or foreign file is re-run)."""
+def cell_done(path: Path, label: Optional[str] = None) -> bool:
+    """A cell is finished when its JSON parses and holds metrics (a torn or foreign file is re-run) and, given
+    ``label``, was run as that row (a cell of an older definition of the row is re-run)."""
     try:
-        return "metrics" in json.loads(Path(path).read_text())
+        cell = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
+    return "metrics" in cell and (label is None or cell.get("label") == label)
 
 
 @contextlib.contextmanager
@@ -248,7 +264,7 @@ def ensure_acp(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: 
 
 def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str] = None) -> dict:
     """Trains and evaluates one cell through ``python -m lofi.train``; returns its record (metrics, times, curves)."""
-    preset, row = PRESETS[preset_name], ROWS[row_name]
+    preset, row = PRESETS[preset_name], preset_row(preset_name, row_name)
     root = Path(preset.work_root) if Path(preset.work_root).is_absolute() else REPO / preset.work_root
     root = root / preset_name
     shards, seed_dir = root / "shards", root / f"seed{seed}"
@@ -285,7 +301,7 @@ def cell_record(preset: str, row: str, seed: int, run_dir: Path, seconds: float,
             curves["lofi_loss"].append([r["step"], round(r["loss"], 5), r.get("fidelity")])
         elif r.get("stage") == "head" and r.get("kind") == "epoch" and "average_mAP" in r:
             curves["head_val_mAP"].append([r["step"], round(100 * r["average_mAP"], 3)])
-    return {"preset": preset, "row": row, "seed": seed, "label": ROWS[row].label,
+    return {"preset": preset, "row": row, "seed": seed, "label": preset_row(preset, row).label,
             "metrics": {**at, "avg": 100 * ev["average_mAP"], "mAP": [100 * v for v in ev["mAP"]],
                         "tiou_thresholds": tious, "AR@AN": ev.get("AR@AN"), "AUC": ev.get("AUC"),
                         "baseline_avg": 100 * ev["baseline_average_mAP"], "num_videos": ev["num_videos"]},
@@ -344,15 +360,17 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
     start, longest = time.perf_counter(), 0.0
     for seed in seeds:
         for row in rows:
-            path = cell_path(out, row, seed)
-            if cell_done(path):
+            path, label = cell_path(out, row, seed), preset_row(preset_name, row).label
+            if cell_done(path, label):
                 say(f"[skip] {path} exists")
                 continue
+            if cell_done(path):
+                say(f"[stale] {path} was run as another definition of {row}; re-running it as {label!r}")
             if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
                 say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
                 return written
             with claim(path.with_name(f".{path.stem}.lock")) as mine:
-                if not mine or cell_done(path):
+                if not mine or cell_done(path, label):
                     say(f"[skip] {row} seed {seed}: another process has it")
                     continue
                 say(f"[run] {row} seed {seed} ...")
@@ -402,15 +420,20 @@ def mean_std(values: Sequence[float]) -> tuple:
 
 
 def summarize(cells: Sequence[dict]) -> Dict[str, dict]:
-    """{row: {n, seeds, mean {metric}, std {metric}, mAP_curve (mean per tIoU), seconds (mean cell wall time)}}."""
+    """{row: {label, n, seeds, mean {metric}, std {metric}, mAP_curve (mean per tIoU), seconds (mean cell wall
+    time)}}. The cells of a row must share its label (one definition of the row)."""
     by_row: Dict[str, List[dict]] = {}
     for c in cells:
         by_row.setdefault(c["row"], []).append(c)
     out = {}
     for row, cs in by_row.items():
+        labels = {c["label"] for c in cs}
+        if len(labels) > 1:
+            raise ValueError(f"row {row}: cells of different definitions {sorted(labels)}; re-run or remove the "
+                             "old ones")
         stats = {k: mean_std([c["metrics"][k] for c in cs]) for k in METRICS}
         curve = [mean_std([c["metrics"]["mAP"][i] for c in cs]) for i in range(len(cs[0]["metrics"]["mAP"]))]
-        out[row] = {"n": len(cs), "seeds": sorted(c["seed"] for c in cs),
+        out[row] = {"label": labels.pop(), "n": len(cs), "seeds": sorted(c["seed"] for c in cs),
                     "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()},
                     "curve": curve, "tiou": cs[0]["metrics"]["tiou_thresholds"],
                     "seconds": mean_std([c["seconds"]["cell"] for c in cs])[0],
@@ -445,7 +468,7 @@ def ours_table(summary: Dict[str, dict], rows: Sequence[str]) -> str:
         delta = "—" if v is None else f"{v['diff']:+.2f} (spread {v['spread']:.2f})"
         exceeds = "—" if v is None else {None: "n/a (1 seed)", True: "yes", False: "no"}[v["exceeds"]]
         cells = " | ".join(_pm(s["mean"][k], s["std"][k], s["n"]) for k in METRICS)
-        lines.append(f"| {ROWS[r].label} | {s['n']} | {cells} | {delta} | {exceeds} |")
+        lines.append(f"| {s['label']} | {s['n']} | {cells} | {delta} | {exceeds} |")
     return "\n".join(lines)
 
 
@@ -508,7 +531,7 @@ def plot_all(cells: Sequence[dict], summary: Dict[str, dict], memory: Optional[d
     for row in (r for r in ROWS if r in summary):
         s = summary[row]
         ax.errorbar(s["tiou"], [m for m, _ in s["curve"]], yerr=[sd for _, sd in s["curve"]], marker="o",
-                    markersize=3, capsize=2, label=f"{ROWS[row].label} (n={s['n']})")
+                    markersize=3, capsize=2, label=f"{s['label']} (n={s['n']})")
     ax.set_xlabel("tIoU threshold")
     ax.set_ylabel("mAP (%)")
     ax.set_title("mAP vs tIoU (mean ± std over seeds)")
@@ -626,7 +649,7 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
                       "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
                       "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]
             for row in (r for r in ROWS if r in summary):
-                lines.append(f"- {ROWS[row].label}: `PYTHONPATH=. python tools/reproduce.py --preset {preset} "
+                lines.append(f"- {summary[row]['label']}: `PYTHONPATH=. python tools/reproduce.py --preset {preset} "
                              f"--rows {row} --seeds {','.join(str(s) for s in summary[row]['seeds'])}`")
             lines.append("")
         for png in sec.get("plots", []):
