@@ -349,6 +349,23 @@ def to_dict(cfg: Config) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_changes(old: Dict[str, Any], new: Dict[str, Any], ignore: Sequence[str] = ()) -> List[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs between two ``to_dict`` trees, skipping keys
+    equal to or under an entry of ``ignore`` (dotted prefixes)."""
+    out: List[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if any(key == i or key.startswith(i + ".") for i in ignore):
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    walk(old, new, "")
+    return out
+
+
 def from_dict(tree: Dict[str, Any]) -> Config:
     """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint); types are checked, paths are not."""
     return _build(Config, tree)

@@ -132,6 +132,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_determinism(cfg, info.device)
     try:
         run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)
+    except ConfigError as e:
+        if info.is_main:
+            print(f"lofi.train: {e}", file=sys.stderr)
+        return 2
     finally:
         D.shutdown()
     return 0

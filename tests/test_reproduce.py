@@ -68,8 +68,8 @@ def test_finished_cells_are_skipped(tmp_path):
     R.cell_path(out, "acp", 1).write_text('{"row": "acp", "se')  # torn file from a killed run: re-run
     calls = []
 
-    def runner(preset, row, seed, imagenet=None):
-        calls.append((row, seed))
+    def runner(preset, row, seed, imagenet=None, fresh=False):
+        calls.append((row, seed) + (("fresh",) if fresh else ()))
         if row == "s_lofi":
             raise RuntimeError("training failed")
         return make_cell(row, seed, 20.0)
@@ -88,7 +88,7 @@ def test_finished_cells_are_skipped(tmp_path):
     write_cells(out, [old])
     said = []
     R.run_study("cpu", [0], ["short_c_lofi"], out, runner=runner, say=said.append)
-    assert calls == [("short_c_lofi", 0)] and any(m.startswith("[stale]") for m in said)
+    assert calls == [("short_c_lofi", 0, "fresh")] and any(m.startswith("[stale]") for m in said)
     assert json.loads(R.cell_path(out, "short_c_lofi", 0).read_text())["metrics"]["avg"] == 20.0
 
 

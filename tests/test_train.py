@@ -120,6 +120,37 @@ def test_head_resume_after_sigkill_is_exact(tiny_run, tiny_shards, tmp_path):
     a = torch.load(tmp_path / "a" / "demo" / "head" / "last.pt", weights_only=False)["models"]["model"]
     b = torch.load(tmp_path / "b" / "demo" / "head" / "last.pt", weights_only=False)["models"]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # --resume auto never continues a stage under another recipe: the error names the key and the way out.
+    proc = train(tmp_path / "b", tiny_shards, "--stage", "head", "--resume", "auto", encoder, *common,
+                 "head.optim.lr=0.5", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "head.optim.lr: 0.001 -> 0.5" in proc.stderr and "--resume PATH" in proc.stderr
+
+
+def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
+    """A finished lofi stage resumes when only downstream (head) or run-only (log, workers) keys changed; a changed
+    LoFi schedule is refused under --resume auto and only warned about with an explicit checkpoint path."""
+    from lofi.config import ConfigError, to_dict
+    from lofi.engine.checkpoint import Checkpointer
+    from lofi.engine.distributed import DistInfo
+    from lofi.engine.logger import RunLogger
+    from lofi.engine.stages import Context, resume_state
+    saved = load_config(None, ["lofi.schedule.c_s=16"], check_paths=False)
+    ckpt = Checkpointer(tmp_path / "lofi")
+    ckpt.save({"config": to_dict(saved), "position": {"epoch": 1, "iteration": 0}}, step_file=False)
+
+    def ctx(resume, *overrides):
+        cfg = load_config(None, ["lofi.schedule.c_s=16", *overrides], check_paths=False)
+        return Context(cfg, DistInfo(), RunLogger(tmp_path / "run", tensorboard=False, progress=False), resume)
+    assert resume_state(ctx(None), ckpt, "lofi") is None
+    assert resume_state(ctx("auto", "head.epochs=99", "log.every_iters=3", "data.num_workers=0"), ckpt,
+                        "lofi")["position"]["epoch"] == 1
+    with pytest.raises(ConfigError, match=r"lofi.schedule.c_s: 16 -> 1\b.*delete .*lofi"):
+        resume_state(ctx("auto", "lofi.schedule.c_s=1"), ckpt, "lofi")
+    assert resume_state(ctx(str(ckpt.latest()), "lofi.schedule.c_s=1"), ckpt, "lofi")["position"]["epoch"] == 1
+    assert "warning: resuming" in (tmp_path / "run" / "log.jsonl").read_text()
+    with pytest.raises(ConfigError, match="head.epochs"):  # the head stage depends on every section
+        resume_state(ctx("auto", "head.epochs=99"), ckpt, "head")
 
 
 def test_feature_cache_reused_then_rebuilt(tiny_run, tiny_shards):

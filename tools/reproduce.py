@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -262,8 +263,9 @@ def ensure_acp(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: 
     return info
 
 
-def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str] = None) -> dict:
-    """Trains and evaluates one cell through ``python -m lofi.train``; returns its record (metrics, times, curves)."""
+def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str] = None, fresh: bool = False) -> dict:
+    """Trains and evaluates one cell through ``python -m lofi.train``; returns its record (metrics, times, curves).
+    ``fresh``: first delete the cell's run directory (it holds a run of an older definition of the row)."""
     preset, row = PRESETS[preset_name], preset_row(preset_name, row_name)
     root = Path(preset.work_root) if Path(preset.work_root).is_absolute() else REPO / preset.work_root
     root = root / preset_name
@@ -282,6 +284,8 @@ def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str]
                  f"model.weights={weights or 'null'}", *common_overrides(preset, shards, seed, seed_dir),
                  *row.overrides]
     run_dir = seed_dir / row_name
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
     seconds = run_logged(train_command(overrides), run_dir / "stdout.log")
     return cell_record(preset_name, row_name, seed, run_dir, seconds, upstream, overrides,
                        ground_truth(shards))
@@ -364,8 +368,9 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
             if cell_done(path, label):
                 say(f"[skip] {path} exists")
                 continue
-            if cell_done(path):
-                say(f"[stale] {path} was run as another definition of {row}; re-running it as {label!r}")
+            stale = cell_done(path)
+            if stale:
+                say(f"[stale] {path} was run as another definition of {row}; re-running it afresh as {label!r}")
             if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
                 say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
                 return written
@@ -376,7 +381,7 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
                 say(f"[run] {row} seed {seed} ...")
                 t0 = time.perf_counter()
                 try:
-                    record = runner(preset_name, row, seed, imagenet=imagenet)
+                    record = runner(preset_name, row, seed, imagenet=imagenet, **({"fresh": True} if stale else {}))
                 except (RuntimeError, FileNotFoundError, KeyError) as e:
                     say(f"[fail] {row} seed {seed}: {e}")
                     continue

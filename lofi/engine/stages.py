@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lofi.config import Config, OptimConfig, stage_key, to_dict
+from lofi.config import Config, ConfigError, OptimConfig, config_changes, stage_key, to_dict
 from lofi.fidelity import Fidelity, LoFiSchedule
 
 from . import distributed as D
@@ -100,18 +100,38 @@ def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule,
     return make
 
 
-def resume_state(ctx: Context, ckpt: Checkpointer) -> Optional[Dict[str, Any]]:
-    """The checkpoint to resume this stage from: ``--resume PATH``, or its last.pt under ``--resume auto``."""
+# Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
+RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
+               "checkpoint", "log")
+# The sections a stage's result does not depend on (those of the stages after it).
+DOWNSTREAM = {"acp": ("acp_plus", "lofi", "head", "postprocess", "eval"),
+              "acp+": ("lofi", "head", "postprocess", "eval"), "lofi": ("head", "postprocess", "eval"), "head": ()}
+
+
+def resume_state(ctx: Context, ckpt: Checkpointer, stage: str) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``.
+    ``auto`` refuses (ConfigError) a checkpoint written with a config that differs in a key the stage depends on, so
+    a finished or half-trained stage is never continued under another recipe; an explicit PATH is taken, with a
+    warning listing the differences."""
     if ctx.resume is None:
         return None
-    if ctx.resume != "auto":
-        return load(ctx.resume)
-    latest = ckpt.latest()
-    return load(latest) if latest is not None else None
+    path = ckpt.latest() if ctx.resume == "auto" else Path(ctx.resume)
+    if path is None:
+        return None
+    state = load(path)
+    saved = state.get("config")
+    changes = [] if saved is None else config_changes(saved, to_dict(ctx.cfg), (*RESUME_FREE, *DOWNSTREAM[stage]))
+    if changes and ctx.resume == "auto":
+        raise ConfigError(f"--resume auto: {path} was written with another config ({'; '.join(changes)}). Start a "
+                          f"new run (another name= or work_dir=), delete {ckpt.dir}, or resume from it on "
+                          "purpose with --resume PATH")
+    if changes:
+        ctx.log.info(f"[{stage}] warning: resuming {path}, written with another config: {'; '.join(changes)}")
+    return state
 
 
 def run_trainer(ctx: Context, trainer: Trainer) -> Trainer:
-    state = resume_state(ctx, trainer.ckpt)
+    state = resume_state(ctx, trainer.ckpt, trainer.stage)
     if state is not None:
         trainer.resume(state)
         ctx.log.info(f"[{trainer.stage}] resumed at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
