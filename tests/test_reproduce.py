@@ -62,6 +62,16 @@ def test_difference_against_seed_spread():
     assert R.versus(one, "s_lofi")["exceeds"] is None  # one seed: no spread to compare with
 
 
+def test_deeper_encoders_are_compared_with_their_own_acp():
+    cells = [make_cell(r, s, v + s) for r, v in (("acp", 10.0), ("r50_acp", 20.0), ("r50_long_c_lofi", 24.0))
+             for s in range(3)]
+    table = R.ours_table(R.summarize(cells), ["acp", "r50_acp", "r50_long_c_lofi"])
+    r50 = next(line for line in table.splitlines() if line.startswith("| TSM-R50 ACP"))
+    lofi = next(line for line in table.splitlines() if line.startswith("| TSM-R50 Long C-LoFi"))
+    assert "+10.00 (spread 2.00) |" in r50  # the frozen R50 against R18 ACP
+    assert "+4.00 (spread 2.00) vs TSM-R50 ACP (frozen) | yes |" in lofi
+
+
 def test_finished_cells_are_skipped(tmp_path):
     out = tmp_path / "cpu"
     write_cells(out, [make_cell("acp", 0, 10.0)])

@@ -51,6 +51,7 @@ class Row:
     overrides: tuple = ()
     encoder: str = "tsm_r18"
     upstream: Optional[str] = "acp"  # None: no pretraining (the ICP analogue)
+    baseline: str = "acp"  # the frozen-ACP row of the same encoder, which the row's Δ is taken against
 
 
 def _lofi(mode: str, *settings: str) -> tuple:
@@ -75,9 +76,11 @@ ROWS: Dict[str, Row] = {
     "acp_bn_only": Row("control: ACP + target BN statistics only (LoFi stage, lr 1e-12)", LOFI_STAGES,
                        _lofi("long_cycle", "lofi.schedule.c_l=1", "lofi.optim.lr=1e-12")),
     "r34_acp": Row("TSM-R34 ACP (frozen)", ("head", "eval"), encoder="tsm_r34"),
-    "r34_long_c_lofi": Row("TSM-R34 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r34"),
+    "r34_long_c_lofi": Row("TSM-R34 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r34",
+                           baseline="r34_acp"),
     "r50_acp": Row("TSM-R50 ACP (frozen)", ("head", "eval"), encoder="tsm_r50"),
-    "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r50"),
+    "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r50",
+                           baseline="r50_acp"),
 }
 TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
               "2": ("acp", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi", "long_c_lofi"),
@@ -469,8 +472,10 @@ def ours_table(summary: Dict[str, dict], rows: Sequence[str]) -> str:
         if r not in summary:
             continue
         s = summary[r]
-        v = versus(summary, r)
-        delta = "—" if v is None else f"{v['diff']:+.2f} (spread {v['spread']:.2f})"
+        ref = ROWS[r].baseline
+        v = versus(summary, r, ref)
+        delta = "—" if v is None else f"{v['diff']:+.2f} (spread {v['spread']:.2f})" + (
+            "" if ref == "acp" else f" vs {summary[ref]['label']}")
         exceeds = "—" if v is None else {None: "n/a (1 seed)", True: "yes", False: "no"}[v["exceeds"]]
         cells = " | ".join(_pm(s["mean"][k], s["std"][k], s["n"]) for k in METRICS)
         lines.append(f"| {s['label']} | {s['n']} | {cells} | {delta} | {exceeds} |")
@@ -610,7 +615,8 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
              "numbers from the paper (../shared/docs/PAPER.md) and are not comparable in absolute value.",
              "",
              "mAP in %; mean ± sample std over seeds (a seed re-runs every stage of its row after the shared ACP "
-             "pretraining of that seed). *Exceeds seed spread* = |Δ avg mAP vs ACP| > std(row) + std(ACP).",
+             "pretraining of that seed). *Exceeds seed spread* = |Δ avg mAP vs ACP| > std(row) + std(ACP); "
+             "a deeper encoder's LoFi row is compared with the frozen ACP of the same encoder.",
              ""]
     for preset, sec in sections.items():
         summary, cells = sec["summary"], sec["cells"]
