@@ -69,7 +69,8 @@ def test_deeper_encoders_are_compared_with_their_own_acp():
     r50 = next(line for line in table.splitlines() if line.startswith("| TSM-R50 ACP"))
     lofi = next(line for line in table.splitlines() if line.startswith("| TSM-R50 Long C-LoFi"))
     assert "+10.00 (spread 2.00) |" in r50  # the frozen R50 against R18 ACP
-    assert "+4.00 (spread 2.00) vs TSM-R50 ACP (frozen) | yes |" in lofi
+    assert "+4.00 (spread 2.00) vs TSM-R50 ACP (frozen) | yes | +4.00, +4.00, +4.00 (3 of 3 > 0) |" in lofi
+    assert R.paired(R.summarize(cells[:2] + cells[4:6]), "r50_acp", "acp") == [10.0]  # seed 1: the only common one
 
 
 def test_finished_cells_are_skipped(tmp_path):
@@ -160,7 +161,7 @@ def test_results_markdown_and_plots(tmp_path):
     acp_line = next(line for line in text.splitlines() if line.startswith("| ACP (frozen) | 3 |"))
     assert "11.00 ± 1.00" in acp_line  # avg mAP of seeds 10, 11, 12
     lofi_line = next(line for line in text.splitlines() if line.startswith("| LoFi = Long C-LoFi (c_l = 1) | 3 |"))
-    assert "+5.00 (spread 2.00)" in lofi_line and lofi_line.endswith("| yes |")
+    assert "+5.00 (spread 2.00) | yes | +5.00, +5.00, +5.00 (3 of 3 > 0) |" in lofi_line
     assert "| ACP (frozen) | 49.64 | 34.16 | 7.68 | 33.59 | 35.68 | 22.79 | 6.51 | 23.00 |" in text  # paper, Table 1
     assert "--preset cpu --rows long_c_lofi --seeds 0,1,2" in text
     assert "Table 2 analogue" in text and "Not run on this preset" in text  # only ACP + LoFi of Table 2... and 6

@@ -428,8 +428,8 @@ def mean_std(values: Sequence[float]) -> tuple:
 
 
 def summarize(cells: Sequence[dict]) -> Dict[str, dict]:
-    """{row: {label, n, seeds, mean {metric}, std {metric}, mAP_curve (mean per tIoU), seconds (mean cell wall
-    time)}}. The cells of a row must share its label (one definition of the row)."""
+    """{row: {label, n, seeds, by_seed {seed: avg}, mean {metric}, std {metric}, mAP_curve (mean per tIoU),
+    seconds (mean cell wall time)}}. The cells of a row must share its label (one definition of the row)."""
     by_row: Dict[str, List[dict]] = {}
     for c in cells:
         by_row.setdefault(c["row"], []).append(c)
@@ -442,6 +442,7 @@ def summarize(cells: Sequence[dict]) -> Dict[str, dict]:
         stats = {k: mean_std([c["metrics"][k] for c in cs]) for k in METRICS}
         curve = [mean_std([c["metrics"]["mAP"][i] for c in cs]) for i in range(len(cs[0]["metrics"]["mAP"]))]
         out[row] = {"label": labels.pop(), "n": len(cs), "seeds": sorted(c["seed"] for c in cs),
+                    "by_seed": {c["seed"]: c["metrics"]["avg"] for c in cs},
                     "mean": {k: v[0] for k, v in stats.items()}, "std": {k: v[1] for k, v in stats.items()},
                     "curve": curve, "tiou": cs[0]["metrics"]["tiou_thresholds"],
                     "seconds": mean_std([c["seconds"]["cell"] for c in cs])[0],
@@ -461,13 +462,20 @@ def versus(summary: Dict[str, dict], row: str, ref: str = "acp", metric: str = "
     return {"diff": diff, "spread": spread, "exceeds": exceeds}
 
 
+def paired(summary: Dict[str, dict], row: str, ref: str) -> List[float]:
+    """avg mAP of ``row`` minus ``ref`` seed by seed, over their common seeds (a seed's rows share its ACP encoder,
+    so these differences do not carry the ACP-to-ACP variation that the spread rule includes)."""
+    a, b = summary[row]["by_seed"], summary[ref]["by_seed"]
+    return [a[k] - b[k] for k in sorted(a) if k in b]
+
+
 def _pm(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
 def ours_table(summary: Dict[str, dict], rows: Sequence[str]) -> str:
-    lines = ["| row | seeds | mAP@0.5 | mAP@0.75 | mAP@0.95 | average mAP | Δ avg vs ACP | exceeds seed spread? |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | seeds | mAP@0.5 | mAP@0.75 | mAP@0.95 | average mAP | Δ avg vs ACP | exceeds seed spread? | "
+             "paired Δ per seed |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r not in summary:
             continue
@@ -477,8 +485,10 @@ def ours_table(summary: Dict[str, dict], rows: Sequence[str]) -> str:
         delta = "—" if v is None else f"{v['diff']:+.2f} (spread {v['spread']:.2f})" + (
             "" if ref == "acp" else f" vs {summary[ref]['label']}")
         exceeds = "—" if v is None else {None: "n/a (1 seed)", True: "yes", False: "no"}[v["exceeds"]]
+        d = [] if v is None else paired(summary, r, ref)
+        pairs = f"{', '.join(f'{x:+.2f}' for x in d)} ({sum(x > 0 for x in d)} of {len(d)} > 0)" if d else "—"
         cells = " | ".join(_pm(s["mean"][k], s["std"][k], s["n"]) for k in METRICS)
-        lines.append(f"| {s['label']} | {s['n']} | {cells} | {delta} | {exceeds} |")
+        lines.append(f"| {s['label']} | {s['n']} | {cells} | {delta} | {exceeds} | {pairs} |")
     return "\n".join(lines)
 
 
@@ -616,7 +626,8 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
              "",
              "mAP in %; mean ± sample std over seeds (a seed re-runs every stage of its row after the shared ACP "
              "pretraining of that seed). *Exceeds seed spread* = |Δ avg mAP vs ACP| > std(row) + std(ACP); "
-             "a deeper encoder's LoFi row is compared with the frozen ACP of the same encoder.",
+             "a deeper encoder's LoFi row is compared with the frozen ACP of the same encoder. *Paired Δ per seed*: "
+             "the row minus that ACP within each seed (rows of a seed start from the same ACP encoder).",
              ""]
     for preset, sec in sections.items():
         summary, cells = sec["summary"], sec["cells"]
