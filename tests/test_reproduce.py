@@ -166,7 +166,7 @@ def test_results_markdown_and_plots(tmp_path):
     assert "--preset cpu --rows long_c_lofi --seeds 0,1,2" in text
     assert "Table 2 analogue" in text and "Not run on this preset" in text  # only ACP + LoFi of Table 2... and 6
     assert "LoFi gradients reach the encoder (checked)." in text
-    assert "took 300 s. Its validation accuracy on the source clips: 90.0% (seed 0), 91.0% (seed 1), 92.0% (seed 2)." in text
+    assert "took 300 s. Its validation accuracy on the source clips: 90.0% (tsm_r18 seed 0), 91.0% (tsm_r18 seed 1), 92.0% (tsm_r18 seed 2)." in text
     c_lofi = next(line for line in text.splitlines() if line.startswith("| C-LoFi"))
     assert "| 5.10 | 0.26 | 6 |" in c_lofi  # the largest of S/T/ST per video, the smallest batch
     assert "full (tsm_r18): 4 videos on 4 GPUs (does not fit the paper's batch 16)" in text

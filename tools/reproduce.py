@@ -647,11 +647,11 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
             if acp:
                 lines[-1] += (f" The shared ACP pretraining (once per seed and encoder, not in the cell times) took "
                               f"{', '.join(map(str, acp))} s.")
-            accs = {(c["seed"], c["upstream"]["acp_val_accuracy"]) for c in cells
+            accs = {(ROWS[c["row"]].encoder, c["seed"], c["upstream"]["acp_val_accuracy"]) for c in cells
                     if c["upstream"].get("acp_val_accuracy") is not None}
             if accs:
                 lines[-1] += (" Its validation accuracy on the source clips: "
-                              f"{', '.join(f'{100 * a:.1f}% (seed {s})' for s, a in sorted(accs))}.")
+                              f"{', '.join(f'{100 * a:.1f}% ({e} seed {s})' for e, s, a in sorted(accs))}.")
             lines.append("")
         shown: set = set()
         for t in TABLE_ROWS:
