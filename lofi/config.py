@@ -18,6 +18,9 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 STAGES = ("acp", "acp+", "lofi", "head", "eval")
+# Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
+RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
+               "checkpoint", "log")
 BatchSize = Union[int, Literal["auto"]]
 
 
@@ -99,7 +102,8 @@ class ModelConfig:
 
 @dataclass
 class ClsStageConfig:
-    """ACP / ACP+: classification training of the encoder (ClipClassifier) at one fixed fidelity."""
+    """ACP / ACP+: classification training of the encoder (ClipClassifier) at one fixed fidelity. ACP+ continues
+    ACP, so each key of ``acp_plus.fidelity`` left unset takes ``acp.fidelity``'s value (see load_config)."""
     epochs: int = 5
     batch_size: int = 16
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.01, momentum=0.9, gamma=0.1))
@@ -337,6 +341,10 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     tree = _read_yaml(Path(path) if path else CONFIG_DIR / "demo.yaml")
     for item in overrides:
         _apply_override(tree, item)
+    acp, acp_plus = tree.get("acp"), tree.get("acp_plus")
+    if isinstance(acp, dict) and isinstance(acp.get("fidelity"), dict) and isinstance(acp_plus or {}, dict):
+        # ACP+ fine-tunes the ACP encoder at ACP's clip fidelity, but for the keys acp_plus.fidelity sets.
+        tree["acp_plus"] = _merge({"fidelity": dict(acp["fidelity"])}, acp_plus or {})
     try:
         cfg = _build(Config, tree)
     except ConfigError as e:

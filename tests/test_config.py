@@ -69,3 +69,14 @@ def test_base_inheritance(tmp_path):
     (tmp_path / "child.yaml").write_text(f"_base_: {CONFIG_DIR / 'anet_tsm_r18.yaml'}\nname: child\nlofi: {{epochs: 3}}\n")
     cfg = load_config(tmp_path / "child.yaml", check_paths=False)
     assert (cfg.name, cfg.lofi.epochs, cfg.lofi.optim.lr, cfg.postprocess.sigma) == ("child", 3, 0.1, 0.84)
+
+
+def test_acp_plus_fidelity_follows_acp_unless_set():
+    demo = load_config(None, check_paths=False)
+    assert demo.acp_plus.fidelity == demo.acp.fidelity  # the demo's 1x4/2@64 clips, not the 224² default
+    moved = load_config(None, ["acp.fidelity.size=96"], check_paths=False)
+    assert (moved.acp.fidelity.size, moved.acp_plus.fidelity.size) == (96, 96)
+    own = load_config(None, ["acp_plus.fidelity.T=8"], check_paths=False)
+    assert (own.acp_plus.fidelity.T, own.acp_plus.fidelity.size, own.acp.fidelity.T) == (8, 64, 4)
+    anet = load_config(CONFIG_DIR / "anet_tsm_r18.yaml", check_paths=False)
+    assert (anet.acp_plus.fidelity.T, anet.acp_plus.fidelity.size) == (8, 224)

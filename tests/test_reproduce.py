@@ -1,5 +1,6 @@
 """tools/reproduce.py: aggregation of hand-made cell JSONs (mean/std, the seed-spread rule, RESULTS.md, plots),
 skipping of finished cells, row selection, and (slow) one real cell at a toy scale."""
+import dataclasses
 import importlib.util
 import json
 import math
@@ -17,10 +18,11 @@ spec.loader.exec_module(R)
 TIOUS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
 
 
-def make_cell(row, seed, avg, slope=2.0):
+def make_cell(row, seed, avg, slope=2.0, preset="cpu"):
     """A cell whose mAP falls linearly with tIoU around ``avg`` (so avg is exactly the mean of the curve)."""
     curve = [avg + slope * (4.5 - i) for i in range(10)]
-    return {"preset": "cpu", "row": row, "seed": seed, "label": R.ROWS[row].label,
+    return {"preset": preset, "row": row, "seed": seed, "label": R.ROWS[row].label,
+            "recipe": R.cell_recipe(preset, row, seed),
             "metrics": {"mAP@0.5": curve[0], "mAP@0.75": curve[5], "mAP@0.95": curve[9], "avg": avg, "mAP": curve,
                         "tiou_thresholds": TIOUS, "baseline_avg": 1.0, "num_videos": 10},
             "seconds": {"cell": 100.0 + seed}, "upstream": {}, "curves": {
@@ -101,6 +103,66 @@ def test_finished_cells_are_skipped(tmp_path):
     R.run_study("cpu", [0], ["short_c_lofi"], out, runner=runner, say=said.append)
     assert calls == [("short_c_lofi", 0, "fresh")] and any(m.startswith("[stale]") for m in said)
     assert json.loads(R.cell_path(out, "short_c_lofi", 0).read_text())["metrics"]["avg"] == 20.0
+
+
+def test_cells_of_another_config_are_rerun(tmp_path):
+    """A cell records the config keys its result depends on; a change to one of them re-runs it afresh, a change
+    elsewhere (another stage's section, paths, logging) does not."""
+    out = tmp_path / "cpu"
+    plus, lofi = make_cell("acp_plus", 0, 10.0), make_cell("long_c_lofi", 0, 20.0)
+    plus["recipe"]["acp_plus"]["fidelity"]["size"] = 224  # recorded before ACP+ followed ACP's clip fidelity
+    assert "acp_plus" not in lofi["recipe"] and "acp" in lofi["recipe"] and "lofi" in lofi["recipe"]
+    assert "work_dir" not in lofi["recipe"] and "weights" not in lofi["recipe"]["model"]
+    write_cells(out, [plus, lofi, {k: v for k, v in make_cell("acp", 0, 5.0).items() if k != "recipe"}])
+    calls, said = [], []
+
+    def runner(preset, row, seed, imagenet=None, fresh=False):
+        calls.append((row, fresh))
+        return make_cell(row, seed, 30.0)
+
+    R.run_study("cpu", [0], ["acp", "acp_plus", "long_c_lofi"], out, runner=runner, say=said.append)
+    assert calls == [("acp", True), ("acp_plus", True)]
+    assert any("acp_plus.fidelity.size: 224 -> 64" in m for m in said)
+    assert any("records no config recipe" in m for m in said)
+    calls.clear()
+    R.run_study("cpu", [0], ["acp", "acp_plus", "long_c_lofi"], out, runner=runner, say=said.append)
+    assert calls == []
+
+    def wrong(preset, row, seed, imagenet=None, fresh=False):  # a run whose config is not the one asked for
+        cell = make_cell(row, seed, 30.0)
+        cell["recipe"]["seed"] = 7
+        return cell
+
+    R.cell_path(out, "t_lofi", 0).unlink(missing_ok=True)
+    said.clear()
+    assert R.run_study("cpu", [0], ["t_lofi"], out, runner=wrong, say=said.append) == []
+    assert any(m.startswith("[fail]") and "seed: 0 -> 7" in m for m in said)
+
+
+def test_shared_acp_encoder_is_retrained_after_its_config_changed(tmp_path, monkeypatch):
+    preset, seed_dir = R.PRESETS["cpu"], tmp_path / "seed0"
+    overrides = R.acp_overrides(preset, tmp_path / "shards", 0, "tsm_r18", seed_dir)
+    runs = []
+
+    def fake_run(cmd, log):  # what lofi.train leaves behind: the resolved config, the encoder, metrics
+        runs.append(cmd)
+        cfg = R.load_config(None, cmd[cmd.index("auto") + 1:], check_paths=False)
+        run_dir = seed_dir / "_acp_tsm_r18"
+        (run_dir / "acp").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(R.yaml.safe_dump(R.to_dict(cfg)))
+        (run_dir / "acp" / "encoder.pt").write_bytes(b"weights")
+        (run_dir / "metrics.json").write_text('{"acp": {"val_accuracy": 0.9}}')
+        return 1.0
+
+    monkeypatch.setattr(R, "run_logged", fake_run)
+    said = []
+    first = R.ensure_acp(preset, tmp_path / "shards", 0, "tsm_r18", seed_dir, say=said.append)
+    again = R.ensure_acp(preset, tmp_path / "shards", 0, "tsm_r18", seed_dir, say=said.append)
+    assert len(runs) == 1 and (first["reused"], again["reused"]) == (False, True) and not said
+    assert R.acp_stale(seed_dir / "_acp_tsm_r18", overrides) is None
+    changed = dataclasses.replace(preset, overrides=(*preset.overrides, "acp.epochs=3"))
+    third = R.ensure_acp(changed, tmp_path / "shards", 0, "tsm_r18", seed_dir, say=said.append)
+    assert len(runs) == 2 and third["reused"] is False and "acp.epochs: 8 -> 3" in said[0]
 
 
 def test_presets_rescale_rows_to_their_epoch_length():
@@ -215,7 +277,7 @@ def test_time_budget_stops_before_a_cell_that_would_overrun(tmp_path, monkeypatc
 
     def runner(preset, row, seed, imagenet=None):
         clock[0] += 120.0  # every cell takes two minutes
-        return make_cell(row, seed, 10.0)
+        return make_cell(row, seed, 10.0, preset=preset)
 
     written = R.run_study("gpu", [0], ["acp", "long_c_lofi", "t_lofi"], tmp_path, runner=runner, say=lambda m: None,
                           max_minutes=5)
@@ -246,3 +308,18 @@ def test_claim_is_exclusive_and_takes_over_stale_locks(tmp_path):
     with R.claim(lock) as mine:
         assert mine
     assert not lock.exists() and not list(tmp_path.iterdir())
+
+
+def test_deeper_encoders_have_their_own_bn_control(tmp_path):
+    cells = [make_cell(r, s, base + s) for r, base in (("r50_acp", 8.0), ("r50_acp_bn_only", 9.0),
+                                                      ("r50_long_c_lofi", 14.0)) for s in range(3)]
+    assert all(R.ROWS[r].encoder == "tsm_r50" for r in ("r50_acp_bn_only", "r50_long_c_lofi"))
+    assert R.ROWS["r50_acp_bn_only"].overrides == R.ROWS["acp_bn_only"].overrides
+    write_cells(tmp_path / "results" / "cpu", cells)
+    text = R.write_results(tmp_path / "results", tmp_path / "RESULTS.md")
+    section = text[text.index("### The same control for the deeper encoders"):]
+    section = section[:section.index("\n### ", 1)]
+    assert "not ours" not in section  # no paper table for our control
+    line = next(x for x in section.splitlines() if x.startswith("| control: TSM-R50 ACP + target BN"))
+    assert "+1.00 (spread 2.00) vs TSM-R50 ACP (frozen) | no | +1.00, +1.00, +1.00 (3 of 3 > 0) |" in line
+    assert "--tables 1,2,6" not in text and "--rows r50_acp_bn_only --seeds 0,1,2" in text

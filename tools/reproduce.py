@@ -2,12 +2,15 @@
 benchmark with several seeds; writes one JSON per cell (row × seed) and ``docs/RESULTS.md`` with its plots.
 
     PYTHONPATH=. python tools/reproduce.py --preset cpu|gpu [--smoke] [--seeds 0,1,2] [--rows acp,long_c_lofi]
-        [--tables 1,2,control,6] [--out DIR] [--imagenet PATH] [--max-minutes M] [--no-report] [--aggregate-only]
+        [--tables 1,2,6,control,control6] [--out DIR] [--imagenet PATH] [--max-minutes M] [--no-report] [--aggregate-only]
 
 Each cell runs the project's own training (``python -m lofi.train``, one subprocess per cell, config = the demo
 config + the preset's and the row's overrides) into ``work_dirs/repro/<preset>/seed<k>/<row>`` (``/tmp`` for the gpu
 preset) and writes ``<out>/<row>-seed<k>.json`` atomically; a cell whose JSON exists is skipped, so an interrupted
-study resumes where it stopped (a half-finished cell resumes its stages with ``--resume auto``).
+study resumes where it stopped (a half-finished cell resumes its stages with ``--resume auto``). Each cell records
+the part of its resolved config its result depends on (``recipe``); a cell recorded under another definition of its
+row or another recipe (the demo config or a preset changed since) is re-run in a fresh run directory, and so is a
+shared ACP encoder trained with another ACP config.
 
 Reuse of identical upstream stages: the ACP pretraining of an encoder depends only on (encoder, seed), so it runs
 once per (encoder, seed) into ``seed<k>/_acp_<encoder>`` and every row of that seed starts from its ``encoder.pt``
@@ -34,10 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lofi.atomic import write_bytes, write_json  # noqa: E402
+from lofi.config import RESUME_FREE, config_changes, load_config, to_dict  # noqa: E402
 
 METRIC_TIOUS = (0.5, 0.75, 0.95)
 METRICS = ("mAP@0.5", "mAP@0.75", "mAP@0.95", "avg")
@@ -59,6 +65,9 @@ def _lofi(mode: str, *settings: str) -> tuple:
 
 
 LOFI_STAGES = ("lofi", "head", "eval")
+# Control (not in the paper): the LoFi stage with a vanishing learning rate, so only the encoder's BN running
+# statistics move (re-estimated on the target videos at the LoFi fidelities): what LoFi gains without learning.
+BN_ONLY = _lofi("long_cycle", "lofi.schedule.c_l=1", "lofi.optim.lr=1e-12")
 ROWS: Dict[str, Row] = {
     "icp": Row("ICP analogue (random init, frozen)", ("head", "eval"), upstream=None),
     "icp_imagenet": Row("ICP (ImageNet weights, frozen)", ("head", "eval"), upstream="imagenet"),
@@ -71,24 +80,29 @@ ROWS: Dict[str, Row] = {
     "short_c_lofi": Row("Short C-LoFi (c_s = 16)", LOFI_STAGES, _lofi("short_cycle", "lofi.schedule.c_s=16")),
     "long_c_lofi": Row("LoFi = Long C-LoFi (c_l = 1)", LOFI_STAGES,
                        _lofi("long_cycle", "lofi.schedule.c_l=1")),
-    # Control (not in the paper): the LoFi stage with a vanishing learning rate, so only the encoder's BN running
-    # statistics move (re-estimated on the target videos at the LoFi fidelities): what LoFi gains without learning.
-    "acp_bn_only": Row("control: ACP + target BN statistics only (LoFi stage, lr 1e-12)", LOFI_STAGES,
-                       _lofi("long_cycle", "lofi.schedule.c_l=1", "lofi.optim.lr=1e-12")),
+    "acp_bn_only": Row("control: ACP + target BN statistics only (LoFi stage, lr 1e-12)", LOFI_STAGES, BN_ONLY),
     "r34_acp": Row("TSM-R34 ACP (frozen)", ("head", "eval"), encoder="tsm_r34"),
     "r34_long_c_lofi": Row("TSM-R34 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r34",
                            baseline="r34_acp"),
     "r50_acp": Row("TSM-R50 ACP (frozen)", ("head", "eval"), encoder="tsm_r50"),
     "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", LOFI_STAGES, _lofi("long_cycle"), encoder="tsm_r50",
                            baseline="r50_acp"),
+    "r34_acp_bn_only": Row("control: TSM-R34 ACP + target BN statistics only", LOFI_STAGES, BN_ONLY,
+                           encoder="tsm_r34", baseline="r34_acp"),
+    "r50_acp_bn_only": Row("control: TSM-R50 ACP + target BN statistics only", LOFI_STAGES, BN_ONLY,
+                           encoder="tsm_r50", baseline="r50_acp"),
 }
 TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
               "2": ("acp", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi", "long_c_lofi"),
               "6": ("acp", "long_c_lofi", "r34_acp", "r34_long_c_lofi", "r50_acp", "r50_long_c_lofi"),
-              "control": ("acp", "acp_bn_only", "long_c_lofi")}
+              "control": ("acp", "acp_bn_only", "long_c_lofi"),
+              "control6": ("r34_acp", "r34_acp_bn_only", "r34_long_c_lofi", "r50_acp", "r50_acp_bn_only",
+                           "r50_long_c_lofi")}
+CONTROL_TABLES = ("control", "control6")  # ours, with no counterpart in the paper
 TABLE_TITLES = {"1": "Table 1 analogue: encoder pretraining", "2": "Table 2 analogue: LoFi configurations",
                 "6": "Table 6 analogue: encoder depth (TSM-R18 / R34 / R50)",
-                "control": "Control (ours, not in the paper): is LoFi's gain learning, or BN statistics on the target?"}
+                "control": "Control (ours, not in the paper): is LoFi's gain learning, or BN statistics on the target?",
+                "control6": "The same control for the deeper encoders (ours, not in the paper)"}
 # The paper's numbers (mAP %, ActivityNet-1.3 validation and HACS-1.1) for [0.5, 0.75, 0.95, avg]; Table 6: avg only.
 PAPER = {
     "icp": ([48.45, 32.40, 6.89, 32.16], [31.74, 19.64, 5.67, 20.18]),
@@ -132,7 +146,7 @@ PRESETS = {
                      "lr 0.1, momentum 0, wd 1e-4: the paper's); head 20 epochs (Adam 1e-3, batch 4), best epoch by "
                      "validation average mAP."),
         overrides=("lofi.epochs=3",),
-        tables=("1", "2", "control", "6"), smoke_seeds=(0,),
+        tables=("1", "2", "control", "6", "control6"), smoke_seeds=(0,),
         # The paper's c_s = 16: an ActivityNet epoch (~10k videos at batch 16, ~600 steps) holds ~13 I->II->III
         # cycles. Here an epoch has 11 steps and the short cycle restarts each epoch, so c_s = 16 never left I (the
         # row equalled S-LoFi exactly). c_s = 1 is the nearest that cycles within an epoch (3.7 cycles; multigrid's
@@ -164,14 +178,62 @@ def cell_path(out: Path, row: str, seed: int) -> Path:
     return Path(out) / f"{row}-seed{seed}.json"
 
 
-def cell_done(path: Path, label: Optional[str] = None) -> bool:
-    """A cell is finished when its JSON parses and holds metrics (a torn or foreign file is re-run) and, given
-    ``label``, was run as that row (a cell of an older definition of the row is re-run)."""
+def cell_done(path: Path) -> bool:
+    """A cell is finished when its JSON parses and holds metrics (a torn or foreign file is re-run)."""
     try:
         cell = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
-    return "metrics" in cell and (label is None or cell.get("label") == label)
+    return "metrics" in cell
+
+
+# Keys a cell's result does not depend on: how it runs and logs (as for --resume) and paths, which differ per clone.
+RECIPE_FREE = (*RESUME_FREE, "data.shards", "data.clip_shards", "model.weights")
+STAGE_SECTIONS = {"acp": "acp", "acp+": "acp_plus", "lofi": "lofi", "head": "head"}
+
+
+def recipe(tree: dict, row: Row) -> dict:
+    """The part of a cell's resolved config (a ``to_dict`` tree) that its result depends on: all but RECIPE_FREE
+    and the sections of stages the row neither runs nor starts from (its upstream ACP's section is kept)."""
+    used = set(row.stages) | ({"acp"} if row.upstream == "acp" else set())
+    out = json.loads(json.dumps(tree))
+    for stage, section in STAGE_SECTIONS.items():
+        if stage not in used:
+            out.pop(section, None)
+    for key in RECIPE_FREE:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return out
+
+
+def cell_overrides(preset_name: str, row_name: str, seed: int, shards: Path, seed_dir: Path,
+                   weights: Optional[str]) -> List[str]:
+    """The lofi.train overrides of one cell: the preset's, then the row's."""
+    preset, row = PRESETS[preset_name], preset_row(preset_name, row_name)
+    return [f"name={row_name}", f"stages=[{','.join(row.stages)}]", f"model.encoder={row.encoder}",
+            f"model.weights={weights or 'null'}", *common_overrides(preset, shards, seed, seed_dir), *row.overrides]
+
+
+def cell_recipe(preset_name: str, row_name: str, seed: int) -> dict:
+    """``recipe`` of the config the cell would run with now."""
+    cfg = load_config(None, cell_overrides(preset_name, row_name, seed, Path("shards"), Path("work"), None),
+                      check_paths=False)
+    return recipe(to_dict(cfg), preset_row(preset_name, row_name))
+
+
+def stale_reason(path: Path, label: str, current: dict) -> Optional[str]:
+    """Why the finished cell at ``path`` must be re-run afresh, or None if it is current: it ran as another
+    definition of its row (``label``), or with a config whose recipe differs from ``current``."""
+    cell = json.loads(Path(path).read_text())
+    if cell.get("label") != label:
+        return f"was run as another definition of its row ({cell.get('label')!r}, now {label!r})"
+    if "recipe" not in cell:
+        return "records no config recipe"
+    changes = config_changes(cell["recipe"], current)
+    return f"was run with another config ({'; '.join(changes)})" if changes else None
 
 
 @contextlib.contextmanager
@@ -247,19 +309,43 @@ def run_logged(cmd: List[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def ensure_acp(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: Path) -> dict:
-    """The ACP encoder of (encoder, seed), trained once and shared by every row of this seed."""
+def acp_overrides(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: Path) -> List[str]:
+    return [f"name=_acp_{encoder}", "stages=[acp]", f"model.encoder={encoder}", "model.weights=null",
+            *common_overrides(preset, shards, seed, seed_dir)]
+
+
+def acp_stale(run_dir: Path, overrides: List[str]) -> Optional[str]:
+    """How the config of the finished ACP run in ``run_dir`` differs from the one ``overrides`` give, or None."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return f"{saved} is missing"
+    row = Row("ACP pretraining", ("acp",), upstream=None)
+    old = recipe(yaml.safe_load(saved.read_text()), row)
+    new = recipe(to_dict(load_config(None, overrides, check_paths=False)), row)
+    changes = config_changes(old, new)
+    return "; ".join(changes) if changes else None
+
+
+def ensure_acp(preset: Preset, shards: Path, seed: int, encoder: str, seed_dir: Path,
+               say: Callable[[str], None] = print) -> dict:
+    """The ACP encoder of (encoder, seed), trained once and shared by every row of this seed; an encoder trained
+    with another ACP config is trained again."""
     name = f"_acp_{encoder}"
     path = seed_dir / name / "acp" / "encoder.pt"
+    overrides = acp_overrides(preset, shards, seed, encoder, seed_dir)
     info = {"encoder_file": str(path), "reused": path.is_file()}
-    while not path.is_file():
+    while True:
         with claim(seed_dir / f"{name}.lock") as mine:
-            if mine and not path.is_file():
-                cmd = train_command([f"name={name}", "stages=[acp]", f"model.encoder={encoder}", "model.weights=null",
-                                     *common_overrides(preset, shards, seed, seed_dir)])
-                info["seconds"] = run_logged(cmd, seed_dir / name / "stdout.log")
-        if not mine:
-            time.sleep(10)  # another process is training this ACP encoder
+            if mine:
+                why = acp_stale(seed_dir / name, overrides) if path.is_file() else None
+                if why:
+                    say(f"[stale] {path} was trained with another config ({why}); training it again")
+                    shutil.rmtree(seed_dir / name)
+                    info["reused"] = False
+                if not path.is_file():
+                    info["seconds"] = run_logged(train_command(overrides), seed_dir / name / "stdout.log")
+                break
+        time.sleep(10)  # another process is training this ACP encoder
     metrics = json.loads((seed_dir / name / "metrics.json").read_text())
     info["acp_seconds"] = metrics.get("time_acp", {}).get("seconds")
     info["acp_val_accuracy"] = metrics.get("acp", {}).get("val_accuracy")
@@ -283,9 +369,7 @@ def run_cell(preset_name: str, row_name: str, seed: int, imagenet: Optional[str]
         weights = imagenet
     else:
         weights = None
-    overrides = [f"name={row_name}", f"stages=[{','.join(row.stages)}]", f"model.encoder={row.encoder}",
-                 f"model.weights={weights or 'null'}", *common_overrides(preset, shards, seed, seed_dir),
-                 *row.overrides]
+    overrides = cell_overrides(preset_name, row_name, seed, shards, seed_dir, weights)
     run_dir = seed_dir / row_name
     if fresh:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -317,6 +401,7 @@ def cell_record(preset: str, row: str, seed: int, run_dir: Path, seconds: float,
             "upstream": upstream, "encoder_change": stage_changes(run_dir, upstream.get("encoder_file")),
             "head_lr": metrics.get("head", {}).get("lr"),
             "curves": curves, "timelines": timelines(run_dir, gt), "overrides": list(overrides),
+            "recipe": recipe(yaml.safe_load((run_dir / "config.yaml").read_text()), preset_row(preset, row)),
             "command": f"python tools/reproduce.py --preset {preset} --rows {row} --seeds {seed}"}
 
 
@@ -368,23 +453,27 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
     for seed in seeds:
         for row in rows:
             path, label = cell_path(out, row, seed), preset_row(preset_name, row).label
-            if cell_done(path, label):
+            current = cell_recipe(preset_name, row, seed)
+            stale = cell_done(path) and stale_reason(path, label, current)
+            if cell_done(path) and not stale:
                 say(f"[skip] {path} exists")
                 continue
-            stale = cell_done(path)
             if stale:
-                say(f"[stale] {path} was run as another definition of {row}; re-running it afresh as {label!r}")
+                say(f"[stale] {path} {stale}; re-running it afresh")
             if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
                 say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
                 return written
             with claim(path.with_name(f".{path.stem}.lock")) as mine:
-                if not mine or cell_done(path, label):
+                if not mine or (cell_done(path) and not stale_reason(path, label, current)):
                     say(f"[skip] {row} seed {seed}: another process has it")
                     continue
                 say(f"[run] {row} seed {seed} ...")
                 t0 = time.perf_counter()
                 try:
                     record = runner(preset_name, row, seed, imagenet=imagenet, **({"fresh": True} if stale else {}))
+                    if record.get("recipe") != current:  # the cell would be stale at once
+                        raise RuntimeError(f"the run's config differs from the one the study asked for: "
+                                           f"{'; '.join(config_changes(current, record.get('recipe') or {}))}")
                 except (RuntimeError, FileNotFoundError, KeyError) as e:
                     say(f"[fail] {row} seed {seed}: {e}")
                     continue
@@ -663,13 +752,15 @@ def render_results(sections: Dict[str, dict], memory: Optional[dict]) -> str:
                 continue
             shown |= set(rows)
             lines += ["Ours (synthetic benchmark):", "", ours_table(summary, rows), ""]
-            if t != "control":
+            if t not in CONTROL_TABLES:
                 lines += ["The paper's numbers (ActivityNet-1.3 / HACS-1.1, from the paper, **not ours**):", "",
                           paper_table(rows, t), ""]
         if p:  # an archived folder has no command that would re-run its recipe
             lines += ["### Commands (one per number)", "",
                       "Every row (all its seeds) is reproduced by one command; a single number (one cell) by the same "
-                      "command with one seed. Finished cells are skipped: delete a cell's JSON to re-run it.", ""]
+                      "command with one seed. Finished cells are skipped, unless the config keys their result depends "
+                      "on (recorded in each cell as `recipe`) have changed since: then they are re-run afresh. Delete "
+                      "a cell's JSON to re-run it anyway.", ""]
             for row in (r for r in ROWS if r in summary):
                 lines.append(f"- {summary[row]['label']}: `PYTHONPATH=. python tools/reproduce.py --preset {preset} "
                              f"--rows {row} --seeds {','.join(str(s) for s in summary[row]['seeds'])}`")
@@ -729,7 +820,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="one seed (the preset's smoke seeds), tables 1, 2 and control")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--rows", help=f"comma-separated rows (default: every row of --tables); valid: {', '.join(ROWS)}")
-    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control (default: the preset's)")
+    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control,control6 (default: the preset's)")
     p.add_argument("--out", type=Path, help="where the cell JSONs go (default: docs/results/<preset>)")
     p.add_argument("--imagenet", help="a local ImageNet state dict: the true ICP row replaces the random-init analogue")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild docs/RESULTS.md from the cell JSONs")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lofi.config import Config, ConfigError, OptimConfig, config_changes, stage_key, to_dict
+from lofi.config import RESUME_FREE, Config, ConfigError, OptimConfig, config_changes, stage_key, to_dict
 from lofi.fidelity import Fidelity, LoFiSchedule
 
 from . import distributed as D
@@ -100,9 +100,6 @@ def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule,
     return make
 
 
-# Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
-RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
-               "checkpoint", "log")
 # The sections a stage's result does not depend on (those of the stages after it).
 DOWNSTREAM = {"acp": ("acp_plus", "lofi", "head", "postprocess", "eval"),
               "acp+": ("lofi", "head", "postprocess", "eval"), "lofi": ("head", "postprocess", "eval"), "head": ()}
