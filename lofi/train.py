@@ -90,25 +90,27 @@ def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo)
     log.info(f"run {cfg.name}: stages {' → '.join(stages)}; {info.world_size} process(es) on {info.device}; "
              f"outputs in {cfg.run_dir}")
     metrics = None
-    for stage in stages:
-        t0 = time.perf_counter()
-        if stage in ("acp", "acp+"):
-            run_classification(ctx, stage)
-        elif stage == "lofi":
-            run_lofi(ctx)
-        elif stage == "head":
-            run_head(ctx)
-        else:
-            metrics = run_eval(ctx)
-        seconds = time.perf_counter() - t0
-        rate = stage_throughput(cfg.run_dir / "log.jsonl", stage) if info.is_main else None
-        log.metrics(f"time_{stage_key(stage)}", {"seconds": seconds, "videos_per_s": rate,
-                                                 "processes": info.world_size, "device": str(info.device)})
-        log.info(f"[{stage}] done in {seconds:.0f} s" + (f" ({rate:.2f} videos/s)" if rate else ""))
-    log.info(f"checkpoints: {cfg.run_dir}/<stage>/ (best.pt, last.pt), model: {cfg.run_dir / 'model.pt'}; "
-             f"logs: {cfg.run_dir / 'log.jsonl'}, metrics: {cfg.run_dir / 'metrics.json'}, "
-             f"TensorBoard: {cfg.run_dir / 'tensorboard'}")
-    log.close()
+    try:
+        for stage in stages:
+            t0 = time.perf_counter()
+            if stage in ("acp", "acp+"):
+                run_classification(ctx, stage)
+            elif stage == "lofi":
+                run_lofi(ctx)
+            elif stage == "head":
+                run_head(ctx)
+            else:
+                metrics = run_eval(ctx)
+            seconds = time.perf_counter() - t0
+            rate = stage_throughput(cfg.run_dir / "log.jsonl", stage) if info.is_main else None
+            log.metrics(f"time_{stage_key(stage)}", {"seconds": seconds, "videos_per_s": rate,
+                                                     "processes": info.world_size, "device": str(info.device)})
+            log.info(f"[{stage}] done in {seconds:.0f} s" + (f" ({rate:.2f} videos/s)" if rate else ""))
+        log.info(f"checkpoints: {cfg.run_dir}/<stage>/ (best.pt, last.pt), model: {cfg.run_dir / 'model.pt'}; "
+                 f"logs: {cfg.run_dir / 'log.jsonl'}, metrics: {cfg.run_dir / 'metrics.json'}, "
+                 f"TensorBoard: {cfg.run_dir / 'tensorboard'}")
+    finally:
+        log.close()
     return metrics
 
 
@@ -142,4 +144,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    D.exit_process(main())

@@ -107,3 +107,15 @@ def test_auto_micro_batch_scales_with_budget():
     budget_gib = (params + 10 * per_large) / 2**30
     assert auto_micro_batch(model, [small, large], budget_gib, torch.device("cpu")) == 10
     assert auto_micro_batch(model, [large], 1e-6, torch.device("cpu")) == 1
+
+
+def test_exit_process_skips_teardown_only_under_torchrun():
+    # Under torchrun a worker leaves with os._exit after flushing its output (no interpreter teardown racing the gloo
+    # threads that a DDP model keeps alive); a single process exits normally.
+    code = ("import atexit, sys; from lofi.engine import distributed as D; "
+            "atexit.register(lambda: print('teardown')); print('done', end=''); D.exit_process(3)")
+    for world, teardown in (("2", False), ("1", True)):
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO),
+                                                                 "WORLD_SIZE": world}, capture_output=True, text=True)
+        assert proc.returncode == 3 and proc.stdout.startswith("done")
+        assert ("teardown" in proc.stdout) == teardown

@@ -96,3 +96,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    D.exit_process(0)
