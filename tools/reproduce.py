@@ -224,9 +224,12 @@ def cell_recipe(preset_name: str, row_name: str, seed: int) -> dict:
     return recipe(to_dict(cfg), preset_row(preset_name, row_name))
 
 
-def stale_reason(path: Path, label: str, current: dict) -> Optional[str]:
-    """Why the finished cell at ``path`` must be re-run afresh, or None if it is current: it ran as another
-    definition of its row (``label``), or with a config whose recipe differs from ``current``."""
+def pending(path: Path, label: str, current: dict) -> Optional[str]:
+    """Why the cell at ``path`` must run: "" when it is unfinished (absent or torn), a reason when it ran as another
+    definition of its row (``label``) or with a config whose recipe differs from ``current`` (it is re-run afresh);
+    None when it is finished and current."""
+    if not cell_done(path):
+        return ""
     cell = json.loads(Path(path).read_text())
     if cell.get("label") != label:
         return f"was run as another definition of its row ({cell.get('label')!r}, now {label!r})"
@@ -454,8 +457,8 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
         for row in rows:
             path, label = cell_path(out, row, seed), preset_row(preset_name, row).label
             current = cell_recipe(preset_name, row, seed)
-            stale = cell_done(path) and stale_reason(path, label, current)
-            if cell_done(path) and not stale:
+            stale = pending(path, label, current)
+            if stale is None:
                 say(f"[skip] {path} exists")
                 continue
             if stale:
@@ -464,7 +467,7 @@ def run_study(preset_name: str, seeds: Sequence[int], rows: Sequence[str], out: 
                 say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; re-run to go on")
                 return written
             with claim(path.with_name(f".{path.stem}.lock")) as mine:
-                if not mine or (cell_done(path) and not stale_reason(path, label, current)):
+                if not mine or pending(path, label, current) is None:
                     say(f"[skip] {row} seed {seed}: another process has it")
                     continue
                 say(f"[run] {row} seed {seed} ...")
