@@ -1,6 +1,5 @@
 """The shared training loop on a tiny stand-in stage (tests/toy_train.py): exact resume after SIGKILL, the NaN
 guard (single process and collective under 2-process gloo DDP), gradient accumulation, and the batch split."""
-import os
 import signal
 import subprocess
 import sys
@@ -11,13 +10,14 @@ import torch
 
 from lofi.engine import distributed as D
 from lofi.engine.loop import BadLossError, NanGuard
+from subproc import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "tests" / "toy_train.py")
 
 
 def run_toy(out, *args, torchrun=0, check=True):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = child_env(OMP_NUM_THREADS="1")
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
                "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", TOY, str(out), *args]
@@ -115,7 +115,7 @@ def test_exit_process_skips_teardown_only_under_torchrun():
     code = ("import atexit, sys; from lofi.engine import distributed as D; "
             "atexit.register(lambda: print('teardown')); print('done', end=''); D.exit_process(3)")
     for world, teardown in (("2", False), ("1", True)):
-        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO),
-                                                                 "WORLD_SIZE": world}, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code], env=child_env(WORLD_SIZE=world), capture_output=True,
+                              text=True)
         assert proc.returncode == 3 and proc.stdout.startswith("done")
         assert ("teardown" in proc.stdout) == teardown

@@ -1,5 +1,4 @@
 """SGAlign and the fused SGAlign-projection: torchvision identity, references, kernels, gradients, bad input."""
-import os
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import torchvision
 import lofi.ops
 from lofi.ops import sg_align, sg_align_project, sg_align_project_reference, sg_align_reference
 from lofi.ops.sg_align import _PLAN_CACHE, _scatter, gtad_anchor_rois, sampling_plan
+from subproc import child_env
 
 KERNEL = lofi.ops.available() and hasattr(torch.ops.lofi, "sg_align_plan")
 needs_kernel = pytest.mark.skipif(not KERNEL, reason="lofi._C with the sg_align kernels is not built")
@@ -275,7 +275,7 @@ def test_fallback_path_without_extension(seed):
         "y = sg_align_project(x, x, rois, w, None)\n"
         "print(extension.available(), tuple(out.shape), tuple(y.shape), float(x.grad.sum()))\n"
     )
-    env = dict(os.environ, LOFI_DISABLE_EXTENSION="1", PYTHONPATH=os.getcwd())
+    env = child_env(LOFI_DISABLE_EXTENSION="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     available, *_ = out.stdout.split()
     assert available == "False"

@@ -1,7 +1,6 @@
 """`python -m lofi.train` end to end on tiny synthetic shards (every stage; the losses go down), exact resume of a
 real stage after SIGKILL, feature-cache reuse across runs, external features, and inference on a real clip."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import torch
 
 from lofi.config import load_config  # noqa: E402
 from lofi.engine.logger import read_log  # noqa: E402
+from subproc import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fidelity.L=8", "fidelity.T=2", "fidelity.size=32", "fidelity.stride=null", "data.num_workers=0", "data.backend=cpu",
@@ -30,7 +30,7 @@ def train(tmp, shards, *args, check=True, wrapper=(), nproc=0, restarts=0, env=N
               "--rdzv_endpoint", "localhost:0", "--max-restarts", str(restarts)] if nproc else []
     cmd = [sys.executable, *launch, *wrapper, "-m", "lofi.train", f"data.shards={shards}", f"data.clip_shards={shards}/clips",
            f"work_dir={tmp}", "data.synthetic.build=false", *TINY, *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -222,7 +222,7 @@ def test_config_error_exits_before_running(tmp_path, tiny_shards):
 def test_infer_on_real_video(tiny_run, shared_data, tmp_path):
     run_dir, _ = tiny_run
     video = shared_data / "videos" / "bikes.mp4"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for extra in ([], ["--window", "4"]):
         out = tmp_path / ("window" if extra else "whole")
         proc = subprocess.run([sys.executable, "-m", "lofi.infer", "--checkpoint", str(run_dir / "model.pt"),
@@ -237,7 +237,7 @@ def test_infer_on_real_video(tiny_run, shared_data, tmp_path):
 def test_probe_features_on_the_tiny_runs_cache(tiny_run, tmp_path):
     # tools/probe_features.py reads the head stage's feature cache: one snippet label per cached snippet.
     run_dir, _ = tiny_run
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     out = tmp_path / "probe.json"
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "probe_features.py"), str(run_dir), "--json", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -3,7 +3,8 @@
 # no DALI). Builds lofi._C against that torch, runs the `cuda` tests, then the benchmarks in priority order, and
 # writes summary.md, summary.json and one log per step into OUTDIR. Budget: 5 minutes in all.
 #   usage: bash tools/gpu_check.sh OUTDIR
-# Wheels carried in .whl/ (PyAV, webdataset, braceexpand) are installed into /tmp/site first.
+# Wheels carried in .whl/ (PyAV, webdataset, braceexpand; tools/compat_check.sh fetches them and tests this stack
+# on the CPU) are installed into /tmp/site first.
 set -uo pipefail
 OUTDIR="${1:?usage: tools/gpu_check.sh OUTDIR}"
 cd "$(dirname "$0")/.."
