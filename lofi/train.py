@@ -32,6 +32,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to run (default: all)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from the latest checkpoint of each stage (auto, the default value), or from PATH")
+    p.add_argument("--print-config", action="store_true",
+                   help="validate the config with its overrides, print the resolved YAML and exit")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. lofi.epochs=3 data.num_workers=0")
     return p.parse_intermixed_args(argv)
 
@@ -123,6 +125,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"lofi.train: {e}", file=sys.stderr)
         return 2
+    if args.print_config:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():
         print(f"lofi.train: --resume: no such checkpoint {args.resume!r} (use --resume auto for the latest)",
               file=sys.stderr)

@@ -80,3 +80,21 @@ def test_acp_plus_fidelity_follows_acp_unless_set():
     assert (own.acp_plus.fidelity.T, own.acp_plus.fidelity.size, own.acp.fidelity.T) == (8, 64, 4)
     anet = load_config(CONFIG_DIR / "anet_tsm_r18.yaml", check_paths=False)
     assert (anet.acp_plus.fidelity.T, anet.acp_plus.fidelity.size) == (8, 224)
+
+
+def test_print_config_is_the_resolved_config_and_loads_back(tmp_path, capsys):
+    # `python -m lofi.train --print-config ...` validates, prints the resolved YAML (inherited keys filled in) and
+    # starts nothing; that YAML, used as --config, resolves to the same config.
+    from lofi.config import to_dict
+    from lofi.train import main
+    assert main(["--print-config", "lofi.epochs=7", "acp.fidelity.size=48", f"work_dir={tmp_path}/runs"]) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(printed)
+    cfg = load_config(saved, check_paths=False)
+    assert (cfg.lofi.epochs, cfg.acp_plus.fidelity.size) == (7, 48)
+    assert to_dict(cfg) == to_dict(load_config(None, ["lofi.epochs=7", "acp.fidelity.size=48",
+                                                      f"work_dir={tmp_path}/runs"], check_paths=False))
+    assert main(["--print-config", "lofi.epoch=7"]) == 2
+    assert "lofi.epoch: unknown key" in capsys.readouterr().err

@@ -198,6 +198,10 @@ def test_row_selection():
     from lofi.config import load_config
     for name, row in R.ROWS.items():
         load_config(None, [*row.overrides, f"model.encoder={row.encoder}"], stages=list(row.stages), check_paths=False)
+    # So is every cell a preset runs, with the preset's overrides (a typo in the gpu preset would cost device time).
+    for preset_name, preset in R.PRESETS.items():
+        for row in R.select_rows(preset, list(preset.tables), None, None):
+            assert R.cell_recipe(preset_name, row, 0)["model"]["encoder"] == R.preset_row(preset_name, row).encoder
 
 
 def test_results_markdown_and_plots(tmp_path):
