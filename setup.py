@@ -44,9 +44,12 @@ def cuda_include_dirs() -> list:
 
 def extension():
     cpp_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cpp"), recursive=True))]
-    cxx = ["-O3", "-std=c++20", "-g0"]
+    # -fopenmp: at::parallel_for is inlined from ATen's OpenMP backend into this extension; without it the CPU kernels
+    # run on one thread. At run time the OpenMP runtime torch loaded (same soname, libgomp.so.1) serves both.
+    cxx = ["-O3", "-std=c++20", "-g0", "-fopenmp"]
+    link = ["-fopenmp"]
     if not build_cuda():
-        return CppExtension("lofi._C", cpp_sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("lofi._C", cpp_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     cu_sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))]
@@ -57,6 +60,7 @@ def extension():
         include_dirs=cuda_include_dirs(),
         define_macros=[("WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx + ["-DWITH_CUDA"], "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 

@@ -27,3 +27,21 @@ def test_disabled_extension_warns_once():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"LOFI_DISABLE_EXTENSION": "1", "PATH": "/usr/bin"}, check=True)
     assert out.stdout.split() == ["1", "False"]
+
+
+def test_cpu_kernels_are_built_with_openmp():
+    # at::parallel_for is inlined from ATen's OpenMP backend: without -fopenmp the CPU kernels run on one thread.
+    # The extension needs libgomp.so.1, and at run time it shares the one OpenMP runtime torch loaded.
+    import os
+    import shutil
+
+    import pytest
+
+    if shutil.which("readelf") is None or not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs readelf and /proc (Linux)")
+    from lofi.ops import extension
+    so = extension._C.__file__
+    needed = subprocess.run(["readelf", "-d", so], capture_output=True, text=True, check=True).stdout
+    assert "libgomp.so.1" in needed, f"{so} is not linked with OpenMP"
+    runtimes = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
