@@ -39,7 +39,7 @@ fi
 "$PY" -c 'import torch, torchvision, lofi.ops as o; assert o.available(), "lofi._C did not build"
 print("GPU-machine stack: Python", __import__("platform").python_version(), "torch", torch.__version__,
       "torchvision", torchvision.__version__, "| CUDA kernels compiled:", o.cuda_compiled())'
-# Deselected on this stack only (the main suite runs it): in about 1 of 4 full runs here, the clips that
+# Deselected on this stack only (the main suite runs it): in 4 of 19 full runs here, the clips that
 # make_synthetic's second spawned worker encodes differed from the in-process ones (an h264 GOP diverging from frame
 # 3 on). Never seen outside the full pytest session (0 of ~250 direct comparisons) nor on the main stack.
 "$PY" -m pytest -q -p no:cacheprovider \
