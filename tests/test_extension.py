@@ -1,7 +1,10 @@
 """The extension loader: built kernels are found, and the fallback warns once when they are disabled."""
+import os
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import lofi.ops
@@ -32,11 +35,6 @@ def test_disabled_extension_warns_once():
 def test_cpu_kernels_are_built_with_openmp():
     # at::parallel_for is inlined from ATen's OpenMP backend: without -fopenmp the CPU kernels run on one thread.
     # The extension needs libgomp.so.1, and at run time it shares the one OpenMP runtime torch loaded.
-    import os
-    import shutil
-
-    import pytest
-
     if shutil.which("readelf") is None or not os.path.exists("/proc/self/maps"):
         pytest.skip("needs readelf and /proc (Linux)")
     from lofi.ops import extension
