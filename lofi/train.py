@@ -122,11 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides, stages=stages, world_size=D.env_world_size())
     except ConfigError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if D.env_rank() == 0:
             print(f"lofi.train: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if D.env_rank() == 0:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     if args.resume not in (None, "auto") and not Path(args.resume).is_file():

@@ -37,6 +37,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    """RANK set by torchrun (0 for a plain ``python -m``): known before the process group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU."""
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
@@ -50,7 +55,7 @@ def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
 def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Joins the torchrun process group when WORLD_SIZE > 1 (NCCL for CUDA, gloo for the CPU); else one process."""
     world_size = env_world_size()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
