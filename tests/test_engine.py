@@ -119,3 +119,34 @@ def test_exit_process_skips_teardown_only_under_torchrun():
                               text=True)
         assert proc.returncode == 3 and proc.stdout.startswith("done")
         assert ("teardown" in proc.stdout) == teardown
+
+
+def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
+    # dist.timeout_s reaches init_process_group: a collective waiting on a hung rank fails after it, not after 30 min.
+    import datetime
+    import lofi.train
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda *a, **k: calls.append(k))
+    D.init("cpu", timeout_s=7.5)
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=7.5)
+    D.init("cpu")
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=600)
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(device, timeout_s):
+        calls.append(timeout_s)
+        raise Stop
+    monkeypatch.setattr(lofi.train.D, "init", fake_init)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "training-000000.tar").write_bytes(b"")  # validation only checks that the subset has shards
+    with pytest.raises(Stop):
+        lofi.train.main(["--stage", "lofi", f"data.shards={shards}", "data.synthetic.build=false", "dist.timeout_s=42",
+                         f"work_dir={tmp_path}/runs"])
+    assert calls[-1] == 42.0
