@@ -150,3 +150,24 @@ def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
         lofi.train.main(["--stage", "lofi", f"data.shards={shards}", "data.synthetic.build=false", "dist.timeout_s=42",
                          f"work_dir={tmp_path}/runs"])
     assert calls[-1] == 42.0
+
+
+def test_auto_micro_batch_leaves_the_model_and_rng_untouched():
+    # The probe runs train-mode forwards on random frames: without care it moves every BatchNorm buffer of a
+    # pretrained encoder and draws from the global RNG before training starts.
+    from lofi.engine.memory import auto_micro_batch
+    from lofi.engine.stages import EndToEnd
+    from lofi.fidelity import Fidelity
+    from lofi.models import GTAD, build_encoder
+    torch.manual_seed(0)
+    enc = build_encoder("tsm_r18")
+    model = EndToEnd(enc, GTAD(enc.out_dim)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith("running_mean") for k in before)
+    rng = torch.get_rng_state()
+    auto_micro_batch(model, [Fidelity(2, 2, 32, 32)], 1.0, torch.device("cpu"))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not model.training and all(p.grad is None for p in model.parameters())
