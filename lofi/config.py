@@ -2,9 +2,9 @@
 
 Every problem is reported before anything runs, as a :class:`ConfigError` that names the dotted key
 (``lofi.schedule.r_t``, ``head.batch_size``, ...). Units: ``fidelity.L`` in snippets, ``fidelity.T`` in frames,
-``fidelity.size`` in pixels (H = W), epochs and ``*_step`` values in epochs, ``checkpoint.every_iters`` in optimizer steps,
-``dist.timeout_s`` in seconds. Every float must be finite (``.nan``, ``.inf`` and overflowing values such as ``1e400``
-are refused) and lie in its key's range.
+``fidelity.size`` in pixels (H = W), epochs and ``*_step`` values in epochs, ``checkpoint.every_iters`` in optimizer
+steps, ``dist.timeout_s`` in seconds. Every float must be finite (``.nan``, ``.inf`` and overflowing values such as
+``1e400`` are refused) and lie in its key's range.
 A YAML file may start from another with ``_base_: other.yaml`` (a path relative to the file); its keys then override.
 """
 from __future__ import annotations

@@ -46,7 +46,8 @@ def test_start_yields_the_tail_of_the_epoch(shards, kw):
 def test_skipped_batches_are_neither_read_nor_decoded(shards, monkeypatch):
     decoded, read = [], []
     prepare = loader_module._cpu_prepare
-    monkeypatch.setattr(loader_module, "_cpu_prepare", lambda plan, out: (decoded.append(plan["key"]), prepare(plan, out)))
+    monkeypatch.setattr(loader_module, "_cpu_prepare",
+                        lambda plan, out: (decoded.append(plan["key"]), prepare(plan, out)))
     original_read = FrontEnd.read
 
     def counting_read(self, positions):

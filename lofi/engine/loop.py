@@ -2,8 +2,8 @@
 
 A stage supplies ``step_fn(batch, generator) -> (loss, logs)`` and ``loader_fn(epoch, start) -> loader`` (``len()``:
 the epoch's batches; iteration yields them from batch ``start`` on, so a run resumed mid-epoch never reads the
-batches it already trained on); the loop never knows which stage or LoFi mode it runs. Positions count *optimizer steps*: ``iteration`` i of an epoch consumes
-loader batches ``i·accum .. i·accum + accum − 1``.
+batches it already trained on); the loop never knows which stage or LoFi mode it runs. Positions count *optimizer
+steps*: ``iteration`` i of an epoch consumes loader batches ``i·accum .. i·accum + accum − 1``.
 
 Determinism: the global RNGs are reseeded from (seed, rank, epoch) before an epoch's loader is created, so the
 loader draws the same numbers however far into the epoch a run resumes; each micro-batch's forward/backward runs

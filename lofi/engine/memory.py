@@ -53,7 +53,8 @@ def auto_micro_batch(model: torch.nn.Module, fidelities: Iterable[Fidelity], bud
     """The largest per-process batch whose estimated training memory fits ``budget_gib`` (at least 1).
 
     The probe's train-mode forward passes on random frames leave no trace: every buffer (BatchNorm running
-    statistics and batch counts) is put back bit for bit, and the global RNG states (CPU and ``device``) are restored."""
+    statistics and batch counts) is put back bit for bit, and the global RNG states (CPU and ``device``) are
+    restored."""
     was_training = model.training
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []

@@ -17,7 +17,8 @@ from .logger import read_log  # noqa: E402
 Series = List[Tuple[float, float]]
 
 
-def curve_data(log_path: Path, metrics_path: Optional[Path] = None) -> Tuple[Dict[str, Series], Dict[str, Dict[str, Series]]]:
+def curve_data(log_path: Path, metrics_path: Optional[Path] = None
+               ) -> Tuple[Dict[str, Series], Dict[str, Dict[str, Series]]]:
     """The series of ``plot_curves``: per stage, (optimizer step, loss) of every step record, and per stage and name,
     (epoch, value) for the per-epoch panel: the stage's epoch records (e.g. average mAP), its mean training loss per
     epoch (each step record holds the mean over the steps since the previous record of its epoch; a step logged
