@@ -152,7 +152,8 @@ def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
     assert calls[-1] == 42.0
 
 
-def test_auto_micro_batch_leaves_the_model_and_rng_untouched():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_auto_micro_batch_leaves_the_model_and_rng_untouched(device):
     # The probe runs train-mode forwards on random frames: without care it moves every BatchNorm buffer of a
     # pretrained encoder and draws from the global RNG before training starts.
     from lofi.engine.memory import auto_micro_batch
@@ -161,13 +162,15 @@ def test_auto_micro_batch_leaves_the_model_and_rng_untouched():
     from lofi.models import GTAD, build_encoder
     torch.manual_seed(0)
     enc = build_encoder("tsm_r18")
-    model = EndToEnd(enc, GTAD(enc.out_dim)).eval()
+    model = EndToEnd(enc, GTAD(enc.out_dim)).to(device).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert any(k.endswith("running_mean") for k in before)
     rng = torch.get_rng_state()
-    auto_micro_batch(model, [Fidelity(2, 2, 32, 32)], 1.0, torch.device("cpu"))
+    cuda_rng = torch.cuda.get_rng_state() if device == "cuda" else None
+    auto_micro_batch(model, [Fidelity(2, 2, 32, 32)], 1.0, torch.device(device))
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert [k for k in before if not torch.equal(before[k], after[k])] == []
     assert torch.equal(torch.get_rng_state(), rng)
+    assert cuda_rng is None or torch.equal(torch.cuda.get_rng_state(), cuda_rng)
     assert not model.training and all(p.grad is None for p in model.parameters())
