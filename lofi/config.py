@@ -2,12 +2,15 @@
 
 Every problem is reported before anything runs, as a :class:`ConfigError` that names the dotted key
 (``lofi.schedule.r_t``, ``head.batch_size``, ...). Units: ``fidelity.L`` in snippets, ``fidelity.T`` in frames,
-``fidelity.size`` in pixels (H = W), epochs and ``*_step`` values in epochs, ``checkpoint.every_iters`` in optimizer steps.
+``fidelity.size`` in pixels (H = W), epochs and ``*_step`` values in epochs, ``checkpoint.every_iters`` in optimizer
+steps, ``dist.timeout_s`` in seconds. Every float must be finite (``.nan``, ``.inf`` and overflowing values such as
+``1e400`` are refused) and lie in its key's range.
 A YAML file may start from another with ``_base_: other.yaml`` (a path relative to the file); its keys then override.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 STAGES = ("acp", "acp+", "lofi", "head", "eval")
 # Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
 RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
-               "checkpoint", "log")
+               "checkpoint", "log", "dist")
 BatchSize = Union[int, Literal["auto"]]
 
 
@@ -168,6 +171,13 @@ class LogConfig:
 
 
 @dataclass
+class DistConfig:
+    """torchrun process groups: a collective that waits longer than ``timeout_s`` seconds (a hung or dead rank)
+    fails with an error on every rank instead of blocking the job."""
+    timeout_s: float = 600.0
+
+
+@dataclass
 class Config:
     name: str = "demo"
     work_dir: str = "work_dirs"
@@ -188,6 +198,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -232,6 +243,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
+        if len(errors) == 1:  # Optional[X]: X's own, more precise, error
+            raise errors[0]
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -251,14 +264,21 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        number = value
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(number)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -382,8 +402,16 @@ def from_dict(tree: Dict[str, Any]) -> Config:
 # ---------------------------------------------------------------------------------------------------------- checks
 
 def _positive(errors: List[str], key: str, value: Union[int, float, None], allow_zero: bool = False) -> None:
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+    if value is not None and not (value >= 0 if allow_zero else value > 0):  # NaN fails both
         errors.append(f"{key}: must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _fraction(errors: List[str], key: str, value: float, low_closed: bool, high_closed: bool, what: str) -> None:
+    """``value`` must lie in the interval from 0 to 1 with the given closed ends."""
+    inside = (value >= 0 if low_closed else value > 0) and (value <= 1 if high_closed else value < 1)
+    if not inside:
+        errors.append(f"{key}: {what} must lie in {'[' if low_closed else '('}0, 1{']' if high_closed else ')'}, "
+                      f"got {value}")
 
 
 def _check_fidelity(errors: List[str], key: str, fid: FidelityConfig) -> None:
@@ -395,9 +423,9 @@ def _check_fidelity(errors: List[str], key: str, fid: FidelityConfig) -> None:
 def _check_optim(errors: List[str], key: str, opt: OptimConfig) -> None:
     _positive(errors, f"{key}.lr", opt.lr)
     _positive(errors, f"{key}.weight_decay", opt.weight_decay, allow_zero=True)
-    _positive(errors, f"{key}.momentum", opt.momentum, allow_zero=True)
+    _fraction(errors, f"{key}.momentum", opt.momentum, True, False, "the momentum")
     _positive(errors, f"{key}.step_size", opt.step_size)
-    _positive(errors, f"{key}.gamma", opt.gamma)
+    _fraction(errors, f"{key}.gamma", opt.gamma, False, True, "the lr decay factor")
 
 
 def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int) -> None:
@@ -410,8 +438,24 @@ def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int)
                       f"(torchrun --nproc_per_node); use a multiple of {world_size}")
 
 
-def _shards_will_exist(cfg: Config, path: Optional[str]) -> bool:
-    return path is not None and (Path(path).exists() or cfg.data.synthetic.build)
+def _shards_problem(cfg: Config, path: Optional[str], subsets: Sequence[str]) -> Optional[str]:
+    """Why ``path`` (a shard directory or brace pattern) will not hold shards of every one of ``subsets`` when the run
+    starts, or None when it will. With data.synthetic.build, a directory without manifest.json is built first."""
+    if path is None:
+        return "is not set"
+    if cfg.data.synthetic.build and not (Path(path) / "manifest.json").is_file():
+        return None
+    if not os.path.exists(path) and "{" not in path:
+        return f"{path!r} does not exist"
+    from lofi.data.shardlist import resolve
+    for subset in subsets:
+        try:
+            paths, _ = resolve(path, subset)
+        except FileNotFoundError as e:
+            return str(e)
+        if not paths:
+            return f"{path!r} holds no shards of subset {subset!r} ({subset}-*.tar)"
+    return None
 
 
 def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> None:
@@ -427,7 +471,7 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     for name in ("r_t", "st_r_t", "c_s", "c_l"):
         _positive(errors, f"lofi.schedule.{name}", getattr(sch, name))
     for name in ("r_s", "st_r_s"):
-        if getattr(sch, name) < 1:
+        if not getattr(sch, name) >= 1:
             errors.append(f"lofi.schedule.{name}: a spatial reduction must be ≥ 1, got {getattr(sch, name)}")
     if sch.mode == "full" and "lofi" in stages:
         errors.append("lofi.schedule.mode: the lofi stage never trains at the full fidelity; choose s, t, st, "
@@ -450,13 +494,16 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "head.cache_shard_size", cfg.head.cache_shard_size)
     _positive(errors, "lofi.memory_budget_gib", cfg.lofi.memory_budget_gib)
     _check_batch(errors, "lofi.auto_global_batch", cfg.lofi.auto_global_batch, world_size)
-    _positive(errors, "postprocess.sigma", cfg.postprocess.sigma)
+    sigma = cfg.postprocess.sigma
+    if not (sigma > 0 and math.isfinite(1 / sigma)):
+        errors.append(f"postprocess.sigma: the soft-NMS width must be > 0 with a finite reciprocal, got {sigma}")
     _positive(errors, "postprocess.top_k", cfg.postprocess.top_k)
     _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
     _positive(errors, "log.every_iters", cfg.log.every_iters)
     _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
+    _positive(errors, "dist.timeout_s", cfg.dist.timeout_s)
     syn = cfg.data.synthetic
     for key in ("size", "length", "distractors"):
         value = getattr(syn, key)
@@ -474,13 +521,16 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
 
 
 def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
-    if "acp" in stages and not _shards_will_exist(cfg, cfg.data.clip_shards):
-        errors.append(f"data.clip_shards: stage acp needs classification shards, and {cfg.data.clip_shards!r} "
-                      "does not exist (make them with tools/make_shards.py --format clips, "
-                      "or drop acp and set model.weights)")
-    needs_target = {"acp+", "lofi"} & set(stages) or ({"head", "eval"} & set(stages) and not cfg.head.features)
-    if needs_target and not _shards_will_exist(cfg, cfg.data.shards):
-        errors.append(f"data.shards: {cfg.data.shards!r} does not exist (make it with tools/make_shards.py)")
+    problem = "acp" in stages and _shards_problem(cfg, cfg.data.clip_shards, [cfg.data.train_subset])
+    if problem:
+        errors.append(f"data.clip_shards: stage acp needs classification shards, and {problem} "
+                      "(make them with tools/make_shards.py --format clips, or drop acp and set model.weights)")
+    from_shards = not cfg.head.features  # head and eval read external features instead
+    subsets = [cfg.data.train_subset] if {"acp+", "lofi"} & set(stages) or ("head" in stages and from_shards) else []
+    subsets += [cfg.data.val_subset] if {"head", "eval"} & set(stages) and from_shards else []
+    problem = subsets and _shards_problem(cfg, cfg.data.shards, list(dict.fromkeys(subsets)))
+    if problem:
+        errors.append(f"data.shards: {problem} (make the shards with tools/make_shards.py)")
     for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
                        ("head.annotations", cfg.head.annotations),
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):

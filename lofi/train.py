@@ -136,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume not in (None, "auto") and stages is None:
         print("lofi.train: --resume PATH needs a single --stage (use --resume auto with --stage all)", file=sys.stderr)
         return 2
-    info = D.init(cfg.device)
+    info = D.init(cfg.device, cfg.dist.timeout_s)
     set_determinism(cfg, info.device)
     try:
         run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)

@@ -98,3 +98,84 @@ def test_print_config_is_the_resolved_config_and_loads_back(tmp_path, capsys):
                                                       f"work_dir={tmp_path}/runs"], check_paths=False))
     assert main(["--print-config", "lofi.epoch=7"]) == 2
     assert "lofi.epoch: unknown key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["lofi.optim.lr", "lofi.optim.gamma", "lofi.optim.momentum", "acp.optim.weight_decay",
+                                 "postprocess.sigma", "lofi.schedule.r_s", "lofi.schedule.st_r_s",
+                                 "lofi.memory_budget_gib", "head.lr_search", "data.synthetic.length", "eval.tiou",
+                                 "dist.timeout_s"])
+@pytest.mark.parametrize("raw", [".nan", ".inf", "-.inf", "1e400", "-1.0e+400", "1" + "0" * 400])
+def test_non_finite_floats_are_refused_naming_the_key(key, raw):
+    # YAML reads .nan/.inf as floats, 1e400 as a string that float() turns into inf, and 10**400 as an int beyond
+    # the float range; none may reach the trainer (lr=.nan used to finish with rc 0 and an all-NaN encoder).
+    value = f"[1.0, {raw}]" if key in ("head.lr_search", "data.synthetic.length", "eval.tiou") else raw
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={value}"], check_paths=False)
+    assert key in str(err.value) and "finite" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("lofi.optim.lr=0", "lofi.optim.lr"),
+    ("lofi.optim.gamma=0", "lofi.optim.gamma"),
+    ("lofi.optim.gamma=1.5", "lofi.optim.gamma"),
+    ("acp.optim.momentum=1.0", "acp.optim.momentum"),
+    ("acp.optim.momentum=-0.1", "acp.optim.momentum"),
+    ("head.optim.weight_decay=-1e-4", "head.optim.weight_decay"),
+    ("postprocess.sigma=0", "postprocess.sigma"),
+    ("postprocess.sigma=1e-310", "postprocess.sigma"),  # subnormal: 1 / sigma overflows to inf
+    ("lofi.schedule.r_s=0.5", "lofi.schedule.r_s"),
+    ("lofi.memory_budget_gib=0", "lofi.memory_budget_gib"),
+    ("dist.timeout_s=0", "dist.timeout_s"),
+])
+def test_floats_out_of_range_are_refused(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override], check_paths=False)
+    assert key in str(err.value)
+
+
+def test_float_range_ends_that_are_allowed():
+    cfg = load_config(None, ["lofi.optim.gamma=1", "acp.optim.momentum=0.99", "head.optim.weight_decay=0",
+                             "lofi.schedule.r_s=1", "postprocess.sigma=1e-300", "dist.timeout_s=30"],
+                      check_paths=False)
+    assert (cfg.lofi.optim.gamma, cfg.acp.optim.momentum, cfg.dist.timeout_s) == (1.0, 0.99, 30.0)
+    assert load_config(None, check_paths=False).dist.timeout_s == 600.0
+
+
+def _shard_dir(root, subsets):
+    """A shard directory whose tars are empty files: validation only looks for them, it does not read them."""
+    root.mkdir(parents=True, exist_ok=True)
+    for subset in subsets:
+        (root / f"{subset}-000000.tar").write_bytes(b"")
+    return root
+
+
+@pytest.mark.parametrize("stage, present, missing", [
+    ("lofi", [], "training"),
+    ("lofi", ["validation"], "training"),
+    ("head", ["training"], "validation"),
+    ("eval", ["training"], "validation"),
+])
+def test_empty_shard_directory_is_found_before_training(tmp_path, stage, present, missing):
+    shards = _shard_dir(tmp_path / "shards", present)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"data.shards={shards}", "data.synthetic.build=false"], stages=[stage])
+    assert "data.shards" in str(err.value) and missing in str(err.value)
+    # a manifest naming the subset, but no tar of it, is no better
+    (shards / "manifest.json").write_text('{"splits": {"training": {}, "validation": {}}}')
+    with pytest.raises(ConfigError, match=f"data.shards: .*{missing}"):
+        load_config(None, [f"data.shards={shards}", "data.synthetic.build=false"], stages=[stage])
+    # with data.synthetic.build the same directory is an error too: it has a manifest, so nothing would build it
+    with pytest.raises(ConfigError, match=f"data.shards: .*{missing}"):
+        load_config(None, [f"data.shards={shards}", "data.synthetic.build=true"], stages=[stage])
+
+
+def test_shards_present_or_to_be_built_pass(tmp_path):
+    shards = _shard_dir(tmp_path / "shards", ["training", "validation"])
+    clips = _shard_dir(tmp_path / "clips", ["training"])
+    load_config(None, [f"data.shards={shards}", f"data.clip_shards={clips}", "data.synthetic.build=false"])
+    # the demo: with data.synthetic.build, a missing (or empty) directory is where the synthetic shards are built
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    load_config(None, [f"data.shards={tmp_path / 'none'}", f"data.clip_shards={empty}", "data.synthetic.build=true"])
+    with pytest.raises(ConfigError, match="data.clip_shards: stage acp needs classification shards"):
+        load_config(None, [f"data.shards={shards}", f"data.clip_shards={empty}", "data.synthetic.build=false"])

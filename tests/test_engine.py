@@ -119,3 +119,58 @@ def test_exit_process_skips_teardown_only_under_torchrun():
                               text=True)
         assert proc.returncode == 3 and proc.stdout.startswith("done")
         assert ("teardown" in proc.stdout) == teardown
+
+
+def test_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
+    # dist.timeout_s reaches init_process_group: a collective waiting on a hung rank fails after it, not after 30 min.
+    import datetime
+    import lofi.train
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(D.dist, "init_process_group", lambda *a, **k: calls.append(k))
+    D.init("cpu", timeout_s=7.5)
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=7.5)
+    D.init("cpu")
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=600)
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(device, timeout_s):
+        calls.append(timeout_s)
+        raise Stop
+    monkeypatch.setattr(lofi.train.D, "init", fake_init)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "training-000000.tar").write_bytes(b"")  # validation only checks that the subset has shards
+    with pytest.raises(Stop):
+        lofi.train.main(["--stage", "lofi", f"data.shards={shards}", "data.synthetic.build=false", "dist.timeout_s=42",
+                         f"work_dir={tmp_path}/runs"])
+    assert calls[-1] == 42.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_auto_micro_batch_leaves_the_model_and_rng_untouched(device):
+    # The probe runs train-mode forwards on random frames: without care it moves every BatchNorm buffer of a
+    # pretrained encoder and draws from the global RNG before training starts.
+    from lofi.engine.memory import auto_micro_batch
+    from lofi.engine.stages import EndToEnd
+    from lofi.fidelity import Fidelity
+    from lofi.models import GTAD, build_encoder
+    torch.manual_seed(0)
+    enc = build_encoder("tsm_r18")
+    model = EndToEnd(enc, GTAD(enc.out_dim)).to(device).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith("running_mean") for k in before)
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state() if device == "cuda" else None
+    auto_micro_batch(model, [Fidelity(2, 2, 32, 32)], 1.0, torch.device(device))
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert cuda_rng is None or torch.equal(torch.cuda.get_rng_state(), cuda_rng)
+    assert not model.training and all(p.grad is None for p in model.parameters())

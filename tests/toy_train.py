@@ -23,15 +23,15 @@ from lofi.engine.loop import Trainer  # noqa: E402
 class ToyLoader:
     """Per epoch: a permutation drawn from the global torch RNG (so only reseeding makes it reproducible)."""
 
-    def __init__(self, x, y, batch, rank, world):
-        self.x, self.y, self.batch, self.rank, self.world = x, y, batch, rank, world
+    def __init__(self, x, y, batch, rank, world, start=0):
+        self.x, self.y, self.batch, self.rank, self.world, self.start = x, y, batch, rank, world, start
 
     def __len__(self):
         return len(self.x) // (self.batch * self.world)
 
     def __iter__(self):
         order = torch.randperm(len(self.x))
-        for i in range(len(self)):
+        for i in range(self.start, len(self)):
             idx = order[(i * self.world + self.rank) * self.batch:(i * self.world + self.rank + 1) * self.batch]
             yield {"x": self.x[idx], "y": self.y[idx]}
 
@@ -65,9 +65,9 @@ def main():
             loss = loss * float("nan")
         return loss, {"mse": float(loss.detach())}
 
-    def loader_fn(epoch):
+    def loader_fn(epoch, start):
         trainer.state.epoch = epoch
-        return ToyLoader(x, y, 4, info.rank, info.world_size)
+        return ToyLoader(x, y, 4, info.rank, info.world_size, start)
 
     ckpt = Checkpointer(out / "ckpt", keep=2, enabled=info.is_main)
     trainer = Trainer(stage="toy", modules={"model": ddp}, step_fn=step_fn, loader_fn=loader_fn, optimizer=opt,

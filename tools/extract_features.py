@@ -37,7 +37,7 @@ def main() -> int:
     if not Path(args.encoder).is_file():
         print(f"extract_features: --encoder: no such file {args.encoder}", file=sys.stderr)
         return 2
-    info = D.init(cfg.device)
+    info = D.init(cfg.device, cfg.dist.timeout_s)
     log = RunLogger(cfg.run_dir, enabled=info.is_main, tensorboard=False, progress=cfg.log.progress)
     ctx = Context(cfg, info, log)
     try:

@@ -86,27 +86,29 @@ class DaliBatches:
     """Batches {frames (B, L, T, 3, H, W), meta, fidelity, epoch, iteration, corrupt} decoded by DALI."""
 
     def __init__(self, plan_batches: Iterable[dict], num_batches: int, schedule: Callable, epoch: int, device: str,
-                 batch_size: int, num_threads: int = 2, device_id: Optional[int] = None, seed: int = 0):
+                 batch_size: int, num_threads: int = 2, device_id: Optional[int] = None, seed: int = 0,
+                 start: int = 0):
         self.plan_batches, self.num_batches, self.schedule, self.epoch = plan_batches, num_batches, schedule, epoch
         self.device, self.batch_size, self.num_threads, self.device_id = device, batch_size, num_threads, device_id
-        self.seed = seed
+        self.seed, self.start = seed, start  # the first iteration (a resumed epoch); DALI counts from 0
 
     def __iter__(self) -> Iterator[dict]:
         plans = iter(self.plan_batches)
         pending: Dict[int, dict] = {}
 
         def source(info):
-            if info.iteration >= self.num_batches:
+            iteration = info.iteration + self.start
+            if iteration >= self.num_batches:
                 raise StopIteration
             batch = next(plans)
-            if batch["iteration"] != info.iteration or batch["fidelity"] != self.schedule(self.epoch, info.iteration):
-                raise RuntimeError(f"DALI asked for iteration {info.iteration}, the front end gave {batch['iteration']}")
-            pending[info.iteration] = batch
+            if batch["iteration"] != iteration or batch["fidelity"] != self.schedule(self.epoch, iteration):
+                raise RuntimeError(f"DALI asked for iteration {iteration}, the front end gave {batch['iteration']}")
+            pending[iteration] = batch
             return plan_arrays(batch.pop("plans"))
 
         pipe = build_pipeline(source, self.device, self.batch_size, self.num_threads, self.device_id, self.seed)
         pipe.build()
-        for iteration, out in enumerate(DALIGenericIterator(pipe, ["frames"], auto_reset=False)):
+        for iteration, out in enumerate(DALIGenericIterator(pipe, ["frames"], auto_reset=False), self.start):
             batch = pending.pop(iteration)
             fid = batch["fidelity"]
             batch["frames"] = out[0]["frames"].view(self.batch_size, fid.L, fid.T, 3, fid.H, fid.W)

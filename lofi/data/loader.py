@@ -50,7 +50,8 @@ def _identity(batch: dict) -> dict:
 class VideoLoader:
     """Iterable of batches {frames uint8 (B, L, T, 3, H, W), meta [B dicts], fidelity, epoch, iteration}.
 
-    `len()` is the number of batches of this rank (the same on every rank). After an epoch, `corrupt` maps each
+    `len()` is the number of batches of this rank's epoch (the same on every rank); iteration yields those from the
+    front end's `start` on. After an epoch, `corrupt` maps each
     skipped sample ("KEY in SHARD") to the reason, and a warning lists them.
     """
 
@@ -77,11 +78,11 @@ class VideoLoader:
         device = self.backend.split("-")[1]
         device_id = torch.cuda.current_device() if device == "mixed" else None
         return iter(DaliBatches(batches, len(front), front.schedule, front.epoch, device, front.batch_size,
-                                self.dali_threads, device_id, front.seed))
+                                self.dali_threads, device_id, front.seed, front.start))
 
     def __iter__(self) -> Iterator[dict]:
         self.corrupt = {}
-        for expected, batch in enumerate(self._batches()):
+        for expected, batch in enumerate(self._batches(), self.front.start):
             if batch["iteration"] != expected:
                 raise RuntimeError(f"batch order broken: got iteration {batch['iteration']}, expected {expected}")
             self.corrupt.update(batch.pop("corrupt"))
@@ -95,13 +96,14 @@ class VideoLoader:
 def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, backend: str = "auto", num_workers: int = 2, rank: int = 0,
                  world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
-                 shuffle_buffer: int = 16, dali_threads: int = 2) -> VideoLoader:
+                 shuffle_buffer: int = 16, dali_threads: int = 2, start: int = 0) -> VideoLoader:
     """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
 
     shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read) or a brace
     pattern of tar paths. batch_size: per process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per
     annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
-    max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend).
+    max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend). start: the first iteration
+    to yield (a run resumed mid-epoch): the batches before it are neither read nor decoded.
     """
     resolved = resolve_backend(backend)
     if resolved == "cpu":
@@ -111,5 +113,5 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
     front = FrontEnd(index_subset(shards, subset, foreground), batch_size=batch_size, schedule=schedule, train=train,
                      epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                      prepare=prepare, fills_frames=resolved == "cpu", foreground=foreground, stride=stride,
-                     shuffle_buffer=shuffle_buffer)
+                     shuffle_buffer=shuffle_buffer, start=start)
     return VideoLoader(front, resolved, num_workers, dali_threads)

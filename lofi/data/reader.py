@@ -15,6 +15,9 @@ Everything here is a function of (seed, epoch, rank, world_size, num_workers, ba
   fixed (seed, world_size, num_workers, batch_size); changing the worker count changes the buffer's order.
 * Batching. A worker produces the batches with global iterations k ≡ worker (mod num_workers), the order in which
   torch's DataLoader returns them, and takes each batch's Fidelity from schedule(epoch, k).
+* Starting mid-epoch (a resumed run). With `start` = s, the epoch yields iterations s, s+1, ... with the same
+  contents as the full epoch's: DataLoader worker w plays the part of worker (w + s) mod num_workers, the shuffle
+  buffer's order is computed on positions alone, and only the samples of iterations ≥ s are read and decoded.
 * Corrupt samples. A sample whose mp4/json is missing, malformed or undecodable is skipped with a warning naming its
   key and shard, counted in the batch's "corrupt" field, and replaced by a duplicate of a good sample of the same
   batch (marked pad in evaluation), so batch shapes stay fixed.
@@ -55,7 +58,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
     def __init__(self, shards: List[Shard], *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, rank: int, world_size: int, num_workers: int,
                  prepare: Prepare, fills_frames: bool, foreground: bool = False, stride: Optional[int] = None,
-                 shuffle_buffer: int = 16):
+                 shuffle_buffer: int = 16, start: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1:
@@ -71,6 +74,9 @@ class FrontEnd(torch.utils.data.IterableDataset):
         if not self.units:
             raise ValueError("the shards hold no " + ("annotated segments" if foreground else "samples"))
         self.num_batches = math.ceil(len(self.units) / (world_size * batch_size))
+        if not 0 <= start <= self.num_batches:
+            raise ValueError(f"start iteration {start} is not in [0, {self.num_batches}]")
+        self.start = start
 
     def __len__(self) -> int:
         return self.num_batches
@@ -113,6 +119,20 @@ class FrontEnd(torch.utils.data.IterableDataset):
                 raise RuntimeError(f"cannot read shard {shard.path}: {exc}") from exc
             finally:
                 samples.close()
+
+    def read_in_order(self, order: List[int]) -> Iterator[Tuple[int, dict, Optional[int]]]:
+        """``read`` of the positions in ``order``, yielded in that order; shards are still read sequentially
+        (ascending positions), and a sample read before its turn waits in memory (a shuffle buffer's worth)."""
+        items = self.read(sorted(order))
+        ahead: Dict[int, Tuple[int, dict, Optional[int]]] = {}
+        for p in order:
+            while p not in ahead:
+                item = next(items, None)
+                if item is None:
+                    raise RuntimeError(f"epoch {self.epoch}: position {p} was not read (a shard holds fewer samples "
+                                       "than when it was indexed)")
+                ahead[item[0]] = item
+            yield ahead.pop(p)
 
     def plan(self, position: int, sample: dict, segment: Optional[int], fid: Fidelity) -> dict:
         """What to decode for one sample: encoded bytes, frame indices (L, T), the Crop, and its meta."""
@@ -182,11 +202,15 @@ class FrontEnd(torch.utils.data.IterableDataset):
         worker = 0 if info is None else info.id
         if info is not None and info.num_workers != self.num_workers:
             raise RuntimeError(f"FrontEnd built for {self.num_workers} workers runs in {info.num_workers}")
-        stream = self.read(self.worker_positions(worker))
+        role = (worker + self.start) % self.num_workers  # the worker whose batches this one yields (module doc)
+        order = list(self.worker_positions(role))
         if self.train and self.shuffle_buffer > 1:
-            seed = _seed(self.seed, self.epoch, self.rank, worker, 1)
-            stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(stream)
-        batches = iter(self.worker_batches(worker))
+            seed = _seed(self.seed, self.epoch, self.rank, role, 1)
+            order = list(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(iter(order)))
+        mine = self.worker_batches(role)
+        skip = sum(k < self.start for k in mine)
+        stream = self.read_in_order(order[skip * self.batch_size:])
+        batches = iter(mine[skip:])
         items: List[Tuple[int, dict, Optional[int]]] = []
         for item in stream:
             items.append(item)

@@ -52,8 +52,10 @@ def pick_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Joins the torchrun process group when WORLD_SIZE > 1 (NCCL for CUDA, gloo for the CPU); else one process."""
+def init(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Joins the torchrun process group when WORLD_SIZE > 1 (NCCL for CUDA, gloo for the CPU); else one process.
+    ``timeout_s`` (config ``dist.timeout_s``): a collective that waits longer, e.g. on a hung rank, raises an error
+    on the ranks still running, so the job fails (and ``torchrun --max-restarts`` restarts it) instead of hanging."""
     world_size = env_world_size()
     rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -174,15 +174,16 @@ class FeatureLoader:
 
     Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, each rank taking every
     world_size-th video, padded by wrapping so every rank gets ``len(self)`` full batches. Evaluation: every video once in sorted-id order;
-    the last rank's shortfall is filled with duplicates marked ``meta["pad"] = True``."""
+    the last rank's shortfall is filled with duplicates marked ``meta["pad"] = True``. ``len()`` counts the whole
+    epoch; iteration yields its batches from ``start`` on (a run resumed mid-epoch)."""
 
     def __init__(self, entries: Dict[str, Entry], batch_size: int, train: bool, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, epoch: int = 0):
+                 seed: int = 0, epoch: int = 0, start: int = 0):
         if not entries:
             raise ValueError("FeatureLoader: no videos")
         self.ids = sorted(entries)
         self.entries, self.batch, self.train, self.rank, self.world = entries, batch_size, train, rank, world_size
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self.start = seed, epoch, start
 
     def __len__(self) -> int:
         per_rank = -(-len(self.ids) // self.world)
@@ -203,7 +204,7 @@ class FeatureLoader:
             pad = [False] * len(mine)
             short = len(self) * self.batch - len(mine)
             mine, pad = mine + [order[0]] * short, pad + [True] * short
-        for i in range(len(self)):
+        for i in range(self.start, len(self)):
             idx, flags = mine[i * self.batch:(i + 1) * self.batch], pad[i * self.batch:(i + 1) * self.batch]
             feats = torch.stack([self.entries[self.ids[j]][0] for j in idx])
             metas = [dict(self.entries[self.ids[j]][1], pad=p) for j, p in zip(idx, flags)]

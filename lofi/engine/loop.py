@@ -1,8 +1,9 @@
 """The training loop shared by every stage: accumulation, DDP, the NaN guard, checkpoints, resume and logging.
 
-A stage supplies ``step_fn(batch, generator) -> (loss, logs)`` and ``loader_fn(epoch) -> loader``; the loop never
-knows which stage or LoFi mode it runs. Positions count *optimizer steps*: ``iteration`` i of an epoch consumes
-loader batches ``i·accum .. i·accum + accum − 1``.
+A stage supplies ``step_fn(batch, generator) -> (loss, logs)`` and ``loader_fn(epoch, start) -> loader`` (``len()``:
+the epoch's batches; iteration yields them from batch ``start`` on, so a run resumed mid-epoch never reads the
+batches it already trained on); the loop never knows which stage or LoFi mode it runs. Positions count *optimizer
+steps*: ``iteration`` i of an epoch consumes loader batches ``i·accum .. i·accum + accum − 1``.
 
 Determinism: the global RNGs are reseeded from (seed, rank, epoch) before an epoch's loader is created, so the
 loader draws the same numbers however far into the epoch a run resumes; each micro-batch's forward/backward runs
@@ -109,14 +110,14 @@ StepFn = Callable[[Dict[str, Any], torch.Generator], Tuple[torch.Tensor, Dict[st
 
 
 class Trainer:
-    """Runs ``epochs`` epochs of ``step_fn`` over ``loader_fn(epoch)``.
+    """Runs ``epochs`` epochs of ``step_fn`` over ``loader_fn(epoch, start)``.
 
     ``modules`` are the trained modules by checkpoint name (already DDP-wrapped where distributed); ``validate``
     (optional) returns a dict of metrics at each epoch end, and ``select`` names the one whose maximum picks
     ``best.pt``. ``videos_per_batch(batch)`` counts the real videos of a micro-batch for videos/s."""
 
     def __init__(self, *, stage: str, modules: Dict[str, torch.nn.Module], step_fn: StepFn,
-                 loader_fn: Callable[[int], Iterable], optimizer: torch.optim.Optimizer, scheduler,
+                 loader_fn: Callable[[int, int], Iterable], optimizer: torch.optim.Optimizer, scheduler,
                  epochs: int, info: D.DistInfo, checkpointer: Checkpointer, logger: RunLogger, seed: int,
                  accum_steps: int = 1, max_bad_steps: int = 5, every_iters: int = 0, log_every: int = 10,
                  amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None,
@@ -205,16 +206,14 @@ class Trainer:
             for m in self.modules.values():
                 m.train()
             reseed(derive_seed(self.seed, self.info.rank, epoch, 0))
-            loader = self.loader_fn(epoch)
+            first = start_iter if epoch == start_epoch else 0
+            loader = self.loader_fn(epoch, first * self.accum)
             steps = len(loader) // self.accum
             if steps == 0:
                 raise RuntimeError(f"stage {self.stage}: the loader has {len(loader)} batches per epoch, fewer than "
                                    f"the {self.accum} micro-batches of one optimizer step; use fewer processes "
                                    "or a smaller batch, or more data")
-            first = start_iter if epoch == start_epoch else 0
             it = iter(loader)
-            for _ in range(first * self.accum):
-                next(it)
             bar = self.log.bar(steps, f"{self.stage} epoch {epoch + 1}/{self.epochs}", initial=first)
             window: Dict[str, float] = {}
             n_window, t0, videos_window = 0, time.perf_counter(), 0

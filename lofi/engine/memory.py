@@ -50,10 +50,22 @@ def per_video_bytes(model: torch.nn.Module, fid: Fidelity, device: torch.device)
 
 def auto_micro_batch(model: torch.nn.Module, fidelities: Iterable[Fidelity], budget_gib: float,
                      device: torch.device) -> int:
-    """The largest per-process batch whose estimated training memory fits ``budget_gib`` (at least 1)."""
+    """The largest per-process batch whose estimated training memory fits ``budget_gib`` (at least 1).
+
+    The probe's train-mode forward passes on random frames leave no trace: every buffer (BatchNorm running
+    statistics and batch counts) is put back bit for bit, and the global RNG states (CPU and ``device``) are
+    restored."""
     was_training = model.training
-    model.train()
-    worst = max(per_video_bytes(model, f, device) for f in fidelities)
-    model.train(was_training)
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            model.train()
+            worst = max(per_video_bytes(model, f, device) for f in fidelities)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     fixed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     return max(1, int((budget_gib * 2**30 - fixed) // worst))

@@ -1,28 +1,60 @@
 """PNG plots of a run: training curves from ``log.jsonl`` and per-video timelines of ground truth vs detections."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
+
+from lofi.config import stage_key
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .logger import read_log  # noqa: E402
 
+Series = List[Tuple[float, float]]
 
-def plot_curves(log_path: Path, out: Path) -> Path:
-    """One panel per stage: training loss per optimizer step, and the epoch metrics (e.g. average mAP) beside it."""
-    steps: Dict[str, List[tuple]] = {}
-    epochs: Dict[str, Dict[str, List[tuple]]] = {}
+
+def curve_data(log_path: Path, metrics_path: Optional[Path] = None
+               ) -> Tuple[Dict[str, Series], Dict[str, Dict[str, Series]]]:
+    """The series of ``plot_curves``: per stage, (optimizer step, loss) of every step record, and per stage and name,
+    (epoch, value) for the per-epoch panel: the stage's epoch records (e.g. average mAP), its mean training loss per
+    epoch (each step record holds the mean over the steps since the previous record of its epoch; a step logged
+    again after a resume counts once), and the final validation accuracy of a classification stage (ACP, ACP+) from
+    ``metrics.json`` at its last epoch."""
+    steps: Dict[str, Series] = {}
+    epochs: Dict[str, Dict[str, Series]] = {}
+    windows: Dict[str, Dict[int, Dict[int, float]]] = {}  # stage -> epoch -> iteration -> window mean loss
     for r in read_log(log_path):
         if r.get("kind") == "step" and "loss" in r:
             steps.setdefault(r["stage"], []).append((r["step"], r["loss"]))
+            if "epoch" in r and "iteration" in r:
+                windows.setdefault(r["stage"], {}).setdefault(r["epoch"], {})[r["iteration"]] = r["loss"]
         elif r.get("kind") == "epoch":
             for k, v in r.items():
                 if k not in ("time", "stage", "kind", "step") and isinstance(v, (int, float)):
                     epochs.setdefault(r["stage"], {}).setdefault(k, []).append((r["step"], v))
+    for stage, per_epoch in windows.items():
+        series = epochs.setdefault(stage, {}).setdefault("train loss", [])
+        for epoch, logged in sorted(per_epoch.items()):
+            total = done = 0
+            for iteration, loss in sorted(logged.items()):
+                total, done = total + loss * (iteration - done), iteration
+            series.append((epoch + 1, total / done))
+    metrics_path = log_path.parent / "metrics.json" if metrics_path is None else metrics_path
+    summary = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    for stage in ("acp", "acp+"):
+        accuracy = summary.get(stage_key(stage), {}).get("val_accuracy")
+        if accuracy is not None and windows.get(stage):
+            epochs.setdefault(stage, {})["val_accuracy"] = [(max(windows[stage]) + 1, accuracy)]
+    return steps, epochs
+
+
+def plot_curves(log_path: Path, out: Path) -> Path:
+    """One row per stage: training loss per optimizer step, and the per-epoch values beside it (see curve_data)."""
+    steps, epochs = curve_data(log_path)
     stages = sorted(set(steps) | set(epochs))
     fig, axes = plt.subplots(len(stages) or 1, 2, figsize=(10, 2.6 * max(1, len(stages))), squeeze=False)
     for row, stage in zip(axes, stages):

@@ -93,10 +93,10 @@ def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule,
     from lofi.data import build_loader
     cfg, info = ctx.cfg, ctx.info
 
-    def make(epoch: int):
+    def make(epoch: int, start: int = 0):
         return build_loader(shards, subset, batch_size=batch, schedule=schedule, train=train, epoch=epoch,
                             seed=cfg.seed, backend=cfg.data.backend, num_workers=cfg.data.num_workers,
-                            rank=info.rank, world_size=info.world_size, **kw)
+                            rank=info.rank, world_size=info.world_size, start=start, **kw)
     return make
 
 
@@ -458,8 +458,8 @@ def run_head(ctx: Context) -> Path:
             return score(ctx, predict(model, val, ctx, classes), gt)
 
         trainer = Trainer(stage="head", modules={"model": net}, step_fn=step,
-                          loader_fn=lambda e: FeatureLoader(train, per, True, info.rank, info.world_size,
-                                                            seed=cfg.seed, epoch=e),
+                          loader_fn=lambda e, start: FeatureLoader(train, per, True, info.rank, info.world_size,
+                                                                   seed=cfg.seed, epoch=e, start=start),
                           optimizer=optimizer, scheduler=scheduler, epochs=cfg.head.epochs, info=info,
                           checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
                           seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
