@@ -1,6 +1,7 @@
 """Video ids from shards and annotation files never name a file outside its folder: lofi.filenames, the .npy export of
 tools/extract_features.py and the external-feature reader."""
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,25 @@ def test_external_features_are_not_read_outside_their_folder(tmp_path):
     np.save(tmp_path / "secret.npy", np.zeros((4, 3), np.float32))
     with pytest.raises(KeyError, match=r"no features for 1 video\(s\): \['\.\./secret'\]"):
         load_external(folder, {"../secret": {"id": "../secret", "duration": 1.0}}, L=4)
+
+
+def test_infer_names_its_outputs_by_the_video_stem(tmp_path, monkeypatch, capsys):
+    import lofi.infer
+
+    class FixedDetector:  # stands in for the model: main() only names and writes the outputs
+        def __init__(self, checkpoint, device):
+            pass
+
+        def __call__(self, path, window):
+            return {"id": Path(path).stem, "duration": 10.0, "classifier": "fixed",
+                    "detections": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}]}
+
+    monkeypatch.setattr(lofi.infer, "Detector", FixedDetector)
+    (tmp_path / "model.pt").write_bytes(b"")
+    video = tmp_path / "my clip..v2.mp4"
+    video.write_bytes(b"")
+    out = tmp_path / "out"
+    assert lofi.infer.main(["--checkpoint", str(tmp_path / "model.pt"), "--video", str(video), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["my_clip__v2.json", "my_clip__v2_timeline.png"]
+    assert json.loads((out / "my_clip__v2.json").read_text())["results"] == {
+        "my clip..v2": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}]}  # the id itself is kept inside
