@@ -59,7 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="ActivityNet-format result JSON (detections or proposals; .json or .json.gz)")
     parser.add_argument("--subset", default="validation", help="GT subset (default validation)")
     parser.add_argument("--tiou", type=parse_tiou, default=parse_tiou("0.5:0.95:10"),
-                        help="tIoU thresholds in (0, 1]: START:STOP:NUM (np.linspace) or a comma list (default 0.5:0.95:10)")
+                        help="tIoU thresholds in (0, 1]: START:STOP:NUM (np.linspace) or a comma list "
+                             "(default 0.5:0.95:10)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (fractions)")
     parser.add_argument("--blocked", help="blocked video ids (JSON list or one per line), dropped from GT and results")
     parser.add_argument("--ignore-unknown-labels", action="store_true",

@@ -449,9 +449,10 @@ def evaluate_detection(gt: Source, pred: Source, subset: str = "validation",
                        ignore_unknown_labels: bool = False, nan_iou_as_zero: bool = False) -> dict:
     """ActivityNet detection mAP.
 
-    gt, pred: dicts or JSON paths (``.json`` or gzipped ``.json.gz``) in the ActivityNet formats (seconds); blocked: None, a file (JSON list or one id per
-    line) or ids, dropped from GT and predictions; ignore_unknown_labels: drop predictions whose label is no class of
-    the subset (else an error listing them); nan_iou_as_zero: tIoU 0 instead of the official NaN for zero-union pairs
+    gt, pred: dicts or JSON paths (``.json`` or gzipped ``.json.gz``) in the ActivityNet formats (seconds);
+    tiou_thresholds: each in (0, 1]; blocked: None, a file (JSON list or one id per line) or ids, dropped from GT and
+    predictions; ignore_unknown_labels: drop predictions whose label is no class of the subset (else an error listing
+    them); nan_iou_as_zero: tIoU 0 instead of the official NaN for zero-union pairs
     (module docstring). Predictions for videos without GT of their class are false positives. Returns fractions:
     ``{"tiou_thresholds": [T], "mAP": [T], "average_mAP": x, "per_class_AP": {label: [T]}}``, classes in the GT's
     first-seen order.

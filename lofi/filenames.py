@@ -9,7 +9,8 @@ from pathlib import Path
 
 def video_stem(video_id: str) -> str:
     """File stem (and WebDataset key) of a video id: characters other than ``[A-Za-z0-9_-]`` become ``_``, so the stem
-    holds no dot, slash or separator. ActivityNet and THUMOS ids are unchanged. An empty or non-string id is an error."""
+    holds no dot, slash or separator. ActivityNet and THUMOS ids are unchanged. An empty or non-string id is an
+    error."""
     if not isinstance(video_id, str) or not video_id:
         raise ValueError(f"video id {video_id!r} cannot name a file (expected a non-empty string)")
     return re.sub(r"[^A-Za-z0-9_-]", "_", video_id)

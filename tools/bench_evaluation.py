@@ -63,9 +63,9 @@ def loop_detection(gt: dict, pred: dict, subset: str = "validation", tiou_thresh
     """(AP (T, C), class names in GT first-seen order): the ActivityNet detection algorithm one prediction at a time.
 
     Per class, predictions in file order are ranked by ``np.argsort(score)[::-1]``; each one visits the GTs of its
-    (class, video) in ``np.argsort(tiou)[::-1]`` order and, per threshold, is a false positive at the first GT whose tIoU
-    is below the threshold, else takes the first GT not yet taken at that threshold. tIoU = intersection / union, NaN
-    for 0/0 (counted as a match unless ``nan_iou_as_zero``). AP is the VOC-2011 interpolated AP."""
+    (class, video) in ``np.argsort(tiou)[::-1]`` order and, per threshold, is a false positive at the first GT whose
+    tIoU is below the threshold, else takes the first GT not yet taken at that threshold. tIoU = intersection / union,
+    NaN for 0/0 (counted as a match unless ``nan_iou_as_zero``). AP is the VOC-2011 interpolated AP."""
     classes, truth = [], {}
     for vid, entry in gt["database"].items():
         if entry["subset"] != subset:
@@ -142,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gt", default=str(GT), help="ActivityNet v1.3 GT JSON")
     parser.add_argument("--loop-classes", type=int, default=10,
-                        help="classes the per-prediction loop runs on for workload (b) (default 10; 200 = all, minutes)")
+                        help="classes the per-prediction loop runs on for workload (b) (default 10; 200 = all: "
+                             "minutes)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -177,7 +178,8 @@ def main() -> None:
     header = ["workload", "predictions", "lofi mAP (s)", "lofi AR@AN (s)", "JSON parse (s)", "lofi mAP from file (s)",
               "per-prediction loop mAP (s)", "speed-up", "max AP diff"]
     rows = [[f["workload"], f["predictions"], f"{f['ours_detection_s']:.3f}", f"{f['ours_proposals_s']:.3f}",
-             f"{f['json_parse_s']:.2f}", f"{f['ours_from_file_s']:.2f}", f"{f['loop_detection_s']:.1f} ({f['loop_how']})",
+             f"{f['json_parse_s']:.2f}", f"{f['ours_from_file_s']:.2f}",
+             f"{f['loop_detection_s']:.1f} ({f['loop_how']})",
              f"{f['speedup']:.0f}x", f"{f['max_ap_diff']:.1e}"] for f in figures]
     table = benchmark.markdown_table(header, rows)
     print(table)
