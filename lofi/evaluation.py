@@ -100,6 +100,8 @@ def load_blocked(blocked: Union[None, Source, Iterable[str]]) -> frozenset:
             ids = json.loads(text)
         except json.JSONDecodeError:
             ids = text.split()
+        except RecursionError:
+            raise ValueError(f"{os.fspath(blocked)}: JSON nested too deeply (expected a list of video ids)") from None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"{os.fspath(blocked)}: expected a JSON list of video ids or one id per line")
         return frozenset(ids)

@@ -437,6 +437,11 @@ def test_deeply_nested_json_is_a_clear_error(tmp_path, text, capsys):
         evaluate_detection(gt, tmp_path / "deep.json")
     assert cli.main(["--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "deep.json")]) == 2
     assert "nested too deeply" in capsys.readouterr().err
+    assert cli.main(["--gt", str(tmp_path / "deep.json"), "--pred", str(tmp_path / "gt.json")]) == 2
+    assert "deep.json: JSON nested too deeply" in capsys.readouterr().err
+    args = ["--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "gt.json"), "--blocked", str(tmp_path / "deep.json")]
+    assert cli.main(args) == 2
+    assert "deep.json: JSON nested too deeply" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::lofi.evaluation.EvaluationWarning")
