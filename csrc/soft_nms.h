@@ -74,7 +74,10 @@ inline void check_soft_nms_args(const at::Tensor& segments, const at::Tensor& sc
   TORCH_CHECK(scores.dim() == 2 && scores.sizes() == segments.sizes().slice(0, 2), "scores must be (B, N)");
   TORCH_CHECK(scores.scalar_type() == segments.scalar_type(), "segments and scores must have one dtype");
   TORCH_CHECK(scores.device() == segments.device(), "segments and scores must be on one device");
-  TORCH_CHECK(top_k >= 1 && sigma > 0 && method >= kGaussian && method <= kHard, "bad top_k, sigma or method");
+  TORCH_CHECK(top_k >= 1 && method >= kGaussian && method <= kHard, "bad top_k or method");
+  // The Gaussian decay divides by sigma: a subnormal sigma has an infinite reciprocal, and NaN fails sigma > 0.
+  TORCH_CHECK(sigma > 0 && std::isfinite(sigma) && std::isfinite(1.0 / sigma),
+              "sigma must be a finite number > 0 with a finite reciprocal, got ", sigma);
   TORCH_CHECK(scores.size(1) < (int64_t{1} << 30), "more than 2^30 candidates per video");
   if (num_valid.has_value()) {
     TORCH_CHECK(num_valid->dim() == 1 && num_valid->size(0) == scores.size(0) &&

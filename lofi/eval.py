@@ -5,7 +5,9 @@
 
 Prints a table (percent), or with ``--json`` the result as JSON (fractions):
 ``{"tiou_thresholds": [...], "mAP": [...], "average_mAP": x, "per_class_AP": {label: [...]}}``; with ``--proposals``
-``{"tiou_thresholds", "AR@AN": {AN: AR}, "AUC", ...}``. Exit status 2 on bad input, with the reason on stderr.
+``{"tiou_thresholds", "AR@AN": {AN: AR}, "AUC", ...}``. GT and result files may be gzipped (``.json.gz``). Exit
+status 2 on bad input (including NaN/inf scores, a video listed twice, tIoU thresholds outside (0, 1]), with the reason
+on stderr.
 """
 import argparse
 import json
@@ -14,18 +16,24 @@ from typing import List, Optional
 
 import numpy as np
 
-from lofi.evaluation import evaluate_detection, evaluate_proposals
+from lofi.evaluation import check_tiou_thresholds, evaluate_detection, evaluate_proposals
 
 
 def parse_tiou(text: str) -> np.ndarray:
-    """``START:STOP:NUM`` (``np.linspace``, so 0.5:0.95:10 is the official list), or comma-separated values."""
+    """``START:STOP:NUM`` (``np.linspace``, so 0.5:0.95:10 is the official list), or comma-separated values; each
+    in (0, 1]."""
     try:
         if ":" in text:
             start, stop, num = text.split(":")
-            return np.linspace(float(start), float(stop), int(num))
-        return np.array([float(x) for x in text.split(",")])
+            thr = np.linspace(float(start), float(stop), int(num))
+        else:
+            thr = np.array([float(x) for x in text.split(",")])
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--tiou expects START:STOP:NUM or a comma list, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected START:STOP:NUM or a comma list, got {text!r}") from None
+    try:
+        return check_tiou_thresholds(thr)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 def detection_table(result: dict) -> str:
@@ -46,11 +54,13 @@ def proposal_table(result: dict) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lofi.eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gt", required=True, help="ActivityNet-format GT JSON")
-    parser.add_argument("--pred", required=True, help="ActivityNet-format result JSON (detections or proposals)")
+    parser.add_argument("--gt", required=True, help="ActivityNet-format GT JSON (.json or .json.gz)")
+    parser.add_argument("--pred", required=True,
+                        help="ActivityNet-format result JSON (detections or proposals; .json or .json.gz)")
     parser.add_argument("--subset", default="validation", help="GT subset (default validation)")
     parser.add_argument("--tiou", type=parse_tiou, default=parse_tiou("0.5:0.95:10"),
-                        help="tIoU thresholds: START:STOP:NUM (np.linspace) or a comma list (default 0.5:0.95:10)")
+                        help="tIoU thresholds in (0, 1]: START:STOP:NUM (np.linspace) or a comma list "
+                             "(default 0.5:0.95:10)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON (fractions)")
     parser.add_argument("--blocked", help="blocked video ids (JSON list or one per line), dropped from GT and results")
     parser.add_argument("--ignore-unknown-labels", action="store_true",

@@ -1,6 +1,6 @@
 """ActivityNet detection mAP and proposal AR@AN/AUC, equal to the official evaluation code, vectorized with NumPy.
 
-Detection (AN:Evaluation/eval_detection.py, REFERENCE.md §5) is reproduced to rounding (1e-9) on any file pair:
+Detection (eval_detection.py of the ActivityNet Evaluation repository) is reproduced to rounding on any file pair:
 - classes are the labels of the chosen subset's GT, in first-seen order; classes without predictions get AP 0;
 - per class, predictions are ranked by ``np.argsort(score)[::-1]`` on the class's scores in file order, so score ties
   fall exactly as in the official code (NumPy's default sort is not stable);
@@ -14,18 +14,23 @@ against a zero-length GT; the v1.3 validation GT has three zero-length segments)
 the reversed argsort and ``NaN < threshold`` is False, so the official code counts such a pair as a match at every
 threshold; that is the default here too. ``nan_iou_as_zero=True`` treats these pairs as tIoU 0 instead.
 
-Proposals (AN:Evaluation/eval_proposal.py): average recall over the tIoU thresholds against the average number of
-proposals per video (AN), at the 100 points ``max_avg_nr_proposals * k / 100``, and the area under that curve
+Proposals (eval_proposal.py of the same repository): average recall over the tIoU thresholds against the average
+number of proposals per video (AN), at the 100 points ``max_avg_nr_proposals * k / 100``, and the area under that curve
 normalized by its last AN (the official script prints it in percent). Times are seconds; every result is a fraction.
 
 Speed: the (prediction, GT) pairs that can match (tIoU > 0 or NaN) are built for all classes at once (every pair of
 a small (class, video) group, an interval join in larger ones), and the algorithm's only sequential part, the GT locks,
 is solved for all (class, video, threshold) groups together in a few vectorized rounds (``_greedy_lock``).
-Segments with non-finite times are rejected; segments with end < start are evaluated as given, with a warning.
+
+Input: JSON files (optionally gzipped, e.g. ``results.json.gz``) or loaded dicts. A key given twice in one JSON object
+(a video listed twice), non-finite segment times or scores, and tIoU thresholds outside (0, 1] are errors naming the
+file, video or value; segments with end < start are evaluated as given, with a warning.
 """
+import gzip
 import json
 import os
 import warnings
+import zlib
 from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
@@ -46,15 +51,38 @@ class EvaluationWarning(UserWarning):
 # Input
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``json`` object hook: a dict of the pairs; a key given twice raises (``json`` would keep the last silently)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _load(source: Source, what: str) -> (dict, str):
-    """(dict, name for messages) from a path or an already loaded dict."""
+    """(dict, name for messages) from a path (JSON, or gzipped JSON by its magic bytes) or an already loaded dict."""
     if isinstance(source, dict):
         return source, what
     name = os.fspath(source)
+    with open(name, "rb") as f:
+        raw = f.read()
     try:
-        with open(name) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_keys)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{name}: not a valid gzip file ({e})") from None
+    except _DuplicateKey as e:
+        raise ValueError(f"{name}: {e.args[0]!r} appears twice in one JSON object (a video or field given twice; "
+                         f"only one can count)") from None
+    except RecursionError:
+        raise ValueError(f"{name}: JSON nested too deeply (no ActivityNet file nests like this)") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
         raise ValueError(f"{name}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{name}: expected a JSON object at the top level, got {type(data).__name__}")
@@ -72,6 +100,8 @@ def load_blocked(blocked: Union[None, Source, Iterable[str]]) -> frozenset:
             ids = json.loads(text)
         except json.JSONDecodeError:
             ids = text.split()
+        except RecursionError:
+            raise ValueError(f"{os.fspath(blocked)}: JSON nested too deeply (expected a list of video ids)") from None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"{os.fspath(blocked)}: expected a JSON list of video ids or one id per line")
         return frozenset(ids)
@@ -174,6 +204,11 @@ def load_predictions(pred: Source, gt: GroundTruth, blocked: Iterable[str] = (),
     video = np.repeat(np.array([index.get(v, -1) for v in vids], np.int64), counts)
     owner = np.repeat(np.arange(len(vids)), counts)
     _check_segments(segment, lambda i: vids[owner[i]], name)
+    infinite = np.flatnonzero(~np.isfinite(score))
+    if len(infinite):  # NaN would rank above every real score
+        i = infinite[0]
+        raise ValueError(f"{name}: video {vids[owner[i]]!r}: field 'score' {score[i]} is not finite "
+                         f"({len(infinite)} such scores)")
     outside = [v for v in vids if v not in index]
     if outside:
         warnings.warn(f"{name}: {len(outside)} of {len(vids)} predicted videos are not in the GT subset (their "
@@ -247,10 +282,15 @@ def segment_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
         return inter / union
 
 
-def _thresholds(tiou_thresholds) -> np.ndarray:
-    thr = np.atleast_1d(np.asarray(tiou_thresholds, np.float64))
-    if thr.ndim != 1 or len(thr) == 0 or not np.isfinite(thr).all():
-        raise ValueError(f"tiou_thresholds must be a non-empty list of finite numbers, got {tiou_thresholds!r}")
+def check_tiou_thresholds(tiou_thresholds) -> np.ndarray:
+    """(T,) float64 of a non-empty list of tIoU thresholds, each in (0, 1]; a ValueError names the offending list."""
+    try:
+        thr = np.atleast_1d(np.asarray(tiou_thresholds, np.float64))
+    except (TypeError, ValueError):
+        thr = np.zeros((0, 0))
+    if thr.ndim != 1 or len(thr) == 0 or not ((thr > 0) & (thr <= 1)).all():
+        shown = thr.tolist() if thr.ndim == 1 and len(thr) else tiou_thresholds
+        raise ValueError(f"tIoU thresholds must be a non-empty list of numbers in (0, 1], got {shown!r}")
     return thr
 
 
@@ -282,7 +322,7 @@ def _match(pred_video, pred_label, pred_segment, gt: GroundTruth, thr: np.ndarra
     group = np.searchsorted(group_keys, pred_key).clip(max=len(group_keys) - 1)
     has_gt = (pred_video >= 0) & (group_keys[group] == pred_key)
     groups = _Groups(group, group_start, group_size, gt_segment, pred_segment)
-    pred, gt_idx = groups.candidate_pairs(np.flatnonzero(has_gt), all_pairs=thr.min() <= 0)
+    pred, gt_idx = groups.candidate_pairs(np.flatnonzero(has_gt))
     iou = segment_iou(pred_segment[pred], gt_segment[gt_idx])
     if nan_iou_as_zero:
         iou[np.isnan(iou)] = 0.0
@@ -346,16 +386,15 @@ class _Groups:
     gt_segment: np.ndarray
     pred_segment: np.ndarray
 
-    def candidate_pairs(self, preds: np.ndarray, all_pairs: bool) -> (np.ndarray, np.ndarray):
-        """(prediction, GT) pairs that include every pair with tIoU > 0 or NaN (or every pair with ``all_pairs``)."""
+    def candidate_pairs(self, preds: np.ndarray) -> (np.ndarray, np.ndarray):
+        """(prediction, GT) pairs that include every pair with tIoU > 0 or NaN (all that can match a threshold > 0)."""
         size = self.group_size[self.group[preds]]
-        dense = preds if all_pairs else preds[size <= _DENSE_GROUP]
+        dense = preds[size <= _DENSE_GROUP]
         parts = [_expand(dense, self.group_start[self.group[dense]], self.group_size[self.group[dense]])]
-        if not all_pairs:
-            big = preds[size > _DENSE_GROUP]
-            big = big[np.argsort(self.group[big], kind="stable")]
-            bounds = np.flatnonzero(np.diff(self.group[big], prepend=-1, append=-1))
-            parts += [self._join(big[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        big = preds[size > _DENSE_GROUP]
+        big = big[np.argsort(self.group[big], kind="stable")]
+        bounds = np.flatnonzero(np.diff(self.group[big], prepend=-1, append=-1))
+        parts += [self._join(big[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return np.concatenate([p for p, _ in parts]), np.concatenate([g for _, g in parts])
 
     def _join(self, preds: np.ndarray) -> (np.ndarray, np.ndarray):
@@ -412,14 +451,15 @@ def evaluate_detection(gt: Source, pred: Source, subset: str = "validation",
                        ignore_unknown_labels: bool = False, nan_iou_as_zero: bool = False) -> dict:
     """ActivityNet detection mAP.
 
-    gt, pred: dicts or JSON paths in the ActivityNet formats (seconds); blocked: None, a file (JSON list or one id per
-    line) or ids, dropped from GT and predictions; ignore_unknown_labels: drop predictions whose label is no class of
-    the subset (else an error listing them); nan_iou_as_zero: tIoU 0 instead of the official NaN for zero-union pairs
+    gt, pred: dicts or JSON paths (``.json`` or gzipped ``.json.gz``) in the ActivityNet formats (seconds);
+    tiou_thresholds: each in (0, 1]; blocked: None, a file (JSON list or one id per line) or ids, dropped from GT and
+    predictions; ignore_unknown_labels: drop predictions whose label is no class of the subset (else an error listing
+    them); nan_iou_as_zero: tIoU 0 instead of the official NaN for zero-union pairs
     (module docstring). Predictions for videos without GT of their class are false positives. Returns fractions:
     ``{"tiou_thresholds": [T], "mAP": [T], "average_mAP": x, "per_class_AP": {label: [T]}}``, classes in the GT's
     first-seen order.
     """
-    thr = _thresholds(tiou_thresholds)
+    thr = check_tiou_thresholds(tiou_thresholds)
     blocked = load_blocked(blocked)
     truth = load_ground_truth(gt, subset, blocked)
     preds = load_predictions(pred, truth, blocked, ignore_unknown_labels=ignore_unknown_labels)
@@ -449,10 +489,9 @@ def evaluate_proposals(gt: Source, proposals: Source, subset: str = "validation"
     #proposals (all proposals, also those of other videos, as in the official code). Returns fractions:
     ``{"tiou_thresholds", "AR@AN": {k: average recall at the k-th of 100 points}, "average_nr_proposals": [100] (the
     AN of each point: k for the default 100 when every video has enough proposals), "recall": [T][100], "AUC": area
-    under AR-vs-AN divided by the last AN}``. NaN scores are ordered as ``np.argsort`` orders them (the official code's
-    pandas ``Series.argsort`` differs there).
+    under AR-vs-AN divided by the last AN}``.
     """
-    thr = _thresholds(tiou_thresholds)
+    thr = check_tiou_thresholds(tiou_thresholds)
     blocked = load_blocked(blocked)
     truth = load_ground_truth(gt, subset, blocked)
     props = load_predictions(proposals, truth, blocked, labels=False)
@@ -483,7 +522,6 @@ def evaluate_proposals(gt: Source, proposals: Source, subset: str = "validation"
     columns = np.where(count == 0, 1, kept)
     # first[t, g]: rank of the best kept proposal with tIoU >= thr[t] for GT g; columns[video] when there is none.
     first = np.tile(columns[gt_video], (len(thr), 1))
-    first[np.ix_(thr <= 0, np.flatnonzero(count[gt_video] == 0))] = 0
     pairs = kept[gt_video]  # every GT against every kept proposal of its video
     pair_gt = np.repeat(np.arange(num_gt), pairs)
     pair_rank = np.arange(len(pair_gt)) - np.repeat(np.cumsum(pairs) - pairs, pairs)

@@ -5,7 +5,8 @@ The video is sampled as in training and evaluation (ActivityNet's convention): L
 the whole video, resized on the short side and centre-cropped to the model's full fidelity. ``--window S`` instead
 slides windows of S seconds with 50% overlap (THUMOS-style long videos): every window is sampled with L snippets,
 the video-level class scores come from the mean feature of all windows, and each class's detections from all
-windows are merged by soft-NMS. Writes ``DIR/ID.json`` (ActivityNet result format) and ``DIR/ID_timeline.png``.
+windows are merged by soft-NMS. Writes ``DIR/ID.json`` (ActivityNet result format) and ``DIR/ID_timeline.png``, ID
+the video file's stem with characters other than ``[A-Za-z0-9_-]`` replaced by ``_``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from lofi.engine.plots import plot_timelines
 from lofi.engine.report import load_head
 from lofi.models import build_encoder
 from lofi.atomic import write_json
+from lofi.filenames import video_path
 from lofi.postprocess import result_json
 
 
@@ -135,14 +137,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = Detector(args.checkpoint, args.device)(args.video, args.window)
     out = Path(args.out)
     vid = result["id"]
-    write_json(result_json({vid: result["detections"]}, result["classifier"], version="LoFi inference"),
-               out / f"{vid}.json")
+    json_path, png_path = video_path(out, vid, ".json"), video_path(out, vid, "_timeline.png")
+    write_json(result_json({vid: result["detections"]}, result["classifier"], version="LoFi inference"), json_path)
     plot_timelines([{"id": vid, "duration": result["duration"], "annotations": []}],
-                   {vid: result["detections"]}, out / f"{vid}_timeline.png", top=args.top)
+                   {vid: result["detections"]}, png_path, top=args.top)
     best = result["detections"][:3]
     print(f"{vid}: {result['duration']:.1f} s, {len(result['detections'])} detections; top: "
           + "; ".join(f"{d['label']} {d['segment'][0]:.1f}-{d['segment'][1]:.1f} s ({d['score']:.3f})" for d in best))
-    print(f"wrote {out / (vid + '.json')} and {out / (vid + '_timeline.png')}")
+    print(f"wrote {json_path} and {png_path}")
     return 0
 
 

@@ -315,6 +315,9 @@ def _bad_cases():
         (soft_nms, (seg, sc), {"sigma": 0.0}, "sigma"),
         (soft_nms, (seg, sc), {"sigma": -1}, "sigma"),
         (soft_nms, (seg, sc), {"sigma": math.inf}, "sigma"),
+        (soft_nms, (seg, sc), {"sigma": math.nan}, "sigma"),
+        (soft_nms, (seg, sc), {"sigma": 1e-310}, "sigma"),  # subnormal: 1 / sigma overflows to inf
+        (batched_soft_nms, (bseg, bsc), {"sigma": 5e-324}, "sigma"),
         (soft_nms, (seg, sc), {"method": "soft"}, "method"),
         (soft_nms, (seg, sc), {"iou_threshold": math.nan}, "iou_threshold"),
         (batched_soft_nms, (seg, sc), {}, "segments"),
@@ -335,6 +338,21 @@ def test_bad_input_raises_naming_the_argument(case, reference):
         fn = {soft_nms: soft_nms_reference, batched_soft_nms: batched_soft_nms_reference}[fn]
     with pytest.raises(ValueError, match=words):
         fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("sigma", [1e-310, 5e-324, 0.0, -0.8, math.nan, math.inf])
+def test_raw_op_rejects_a_sigma_without_finite_reciprocal(device, sigma):
+    # Direct torch.ops calls bypass the Python checks; the kernels refuse such a sigma themselves.
+    segments = torch.tensor([[[0.0, 1.0], [0.0, 1.0], [2.0, 3.0]]], dtype=torch.float64, device=device)
+    scores = torch.tensor([[0.9, 0.8, 0.7]], dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="sigma must be a finite number > 0 with a finite reciprocal"):
+        torch.ops.lofi.batched_soft_nms(segments, scores, None, sigma, 10, 0, 0.5)
+    # The smallest normal sigma is accepted, and the kernel agrees with the reference there.
+    got = torch.ops.lofi.batched_soft_nms(segments, scores, None, 2.3e-308, 10, 0, 0.5)
+    ref = batched_soft_nms_reference(segments.cpu(), scores.cpu(), sigma=2.3e-308, top_k=10)
+    assert got[0][0, :3].tolist() == ref[0][0, :3].tolist() == [0, 2, -1]  # the copy of the pick decays to 0
+    assert torch.equal(got[1].cpu(), ref[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")

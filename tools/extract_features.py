@@ -15,10 +15,28 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lofi.atomic import write_with  # noqa: E402
 from lofi.config import ConfigError, load_config  # noqa: E402
 from lofi.engine import distributed as D  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
 from lofi.engine.stages import Context, subset_features  # noqa: E402
+from lofi.filenames import video_path  # noqa: E402
+
+
+def export_npy(folder, entries) -> None:
+    """Writes each video's features (C, L) as ``folder/STEM.npy``, (L, C) float32, STEM = lofi.filenames.video_stem of
+    its id, so an id such as ``../x`` or ``/abs/x`` from a shard stays inside ``folder``. Two ids with one stem are an
+    error naming both; each file is written atomically."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    owner = {}
+    for vid in entries:
+        path = video_path(out, vid, ".npy")
+        if owner.setdefault(path, vid) != vid:
+            raise ValueError(f"videos {owner[path]!r} and {vid!r} would both be written to {path}")
+    for path, vid in owner.items():
+        array = entries[vid][0].t().contiguous().numpy()
+        write_with(path, lambda f: np.save(f, array))
 
 
 def main() -> int:
@@ -26,7 +44,8 @@ def main() -> int:
     p.add_argument("--config", help="YAML config (default: the demo)")
     p.add_argument("--encoder", required=True, help="encoder weights file")
     p.add_argument("--subset", action="append", help="subset(s) to extract (default: the train and val subsets)")
-    p.add_argument("--npy", help="also write DIR/ID.npy, (L, C) float32 per video")
+    p.add_argument("--npy", help="also write DIR/ID.npy, (L, C) float32 per video (ID's characters other than "
+                                 "[A-Za-z0-9_-] become _)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     try:
@@ -44,10 +63,11 @@ def main() -> int:
         for subset in args.subset or [cfg.data.train_subset, cfg.data.val_subset]:
             entries = subset_features(ctx, subset, args.encoder)
             if args.npy and info.is_main:
-                out = Path(args.npy)
-                out.mkdir(parents=True, exist_ok=True)
-                for vid, (features, _) in entries.items():
-                    np.save(out / f"{vid}.npy", features.t().contiguous().numpy())
+                try:
+                    export_npy(args.npy, entries)
+                except ValueError as e:
+                    print(f"extract_features: --npy: {e}", file=sys.stderr)
+                    return 2
             log.info(f"{subset}: {len(entries)} videos, features {tuple(next(iter(entries.values()))[0].shape)} (C, L)"
                      + (f"; .npy files in {args.npy}" if args.npy else ""))
     finally:

@@ -34,6 +34,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
+from ..filenames import video_stem as sample_key  # WebDataset keys hold no dots: a video's file stem
 from .annotations import Annotations, VideoRecord, clip_segments, load_annotations
 
 log = logging.getLogger(__name__)
@@ -320,11 +321,6 @@ def _source(record: VideoRecord, index: dict) -> tuple[pathlib.Path | None, tupl
     if record.clip is not None and record.id in index:
         return index[record.id], None
     return index.get(record.video), record.clip
-
-
-def sample_key(video_id: str) -> str:
-    """WebDataset key for a video id: characters other than ``[A-Za-z0-9_-]`` become ``_`` (keys hold no dots)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", video_id)
 
 
 def sha256_file(path) -> str:

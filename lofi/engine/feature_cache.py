@@ -8,8 +8,9 @@ seconds, annotations, snippet_times in seconds). The cache is reused only when t
 written to temporary names and renamed, and the index (written last, by rank 0) marks the cache complete.
 
 External features (``head.features``), as G-TAD and OpenTAD users have them: a directory with one ``.npy`` per video
-(``ID.npy`` or ``v_ID.npy``) or one HDF5 file with a dataset per video, each (T, C) time-major (or (C, T) with
-``layout="CT"``); T is resampled to L by linear interpolation, as G-TAD's features were rescaled to 100.
+(``ID.npy`` or ``v_ID.npy``, ID the id's lofi.filenames.video_stem) or one HDF5 file with a dataset per video, each
+(T, C) time-major (or (C, T) with ``layout="CT"``); T is resampled to L by linear interpolation, as G-TAD's features
+were rescaled to 100.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from lofi.atomic import write_json
+from lofi.filenames import video_path
 
 from . import distributed as D
 
@@ -139,9 +141,9 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
     missing = []
     if path.is_dir():
         for vid in metas:
-            for name in (f"{vid}.npy", f"v_{vid}.npy"):
-                if (path / name).is_file():
-                    arrays[vid] = np.load(path / name)
+            for file in (video_path(path, vid, ".npy"), video_path(path, "v_" + vid, ".npy")):
+                if file.is_file():
+                    arrays[vid] = np.load(file)
                     break
             else:
                 missing.append(vid)

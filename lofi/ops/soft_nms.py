@@ -56,8 +56,9 @@ def _validate(segments, scores, num_valid, sigma, top_k, method, iou_threshold, 
             raise ValueError(f"num_valid is on {num_valid.device} but scores is on {scores.device}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0
+            or not math.isfinite(1.0 / sigma)):  # a subnormal sigma: the Gaussian decay's 1/sigma overflows
+        raise ValueError(f"sigma must be a finite number > 0 with a finite reciprocal, got {sigma!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     if (isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float))
