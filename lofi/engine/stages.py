@@ -375,7 +375,7 @@ def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: 
             probs = logits.softmax(1)
             scores = external or probs
             res = detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
-                         top_classes=pp.top_classes)
+                         top_classes=pp.top_classes, candidates=pp.candidates)
             out["detections"].update(res["detections"])
             out["proposals"].update(res["proposals"])
             out["classifier"] = res["classifier"]
