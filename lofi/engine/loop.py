@@ -91,7 +91,8 @@ class NanGuard:
 
 @dataclass
 class LoopState:
-    """What one ``fit`` call ended with (the best value is the highest ``select`` metric, e.g. average mAP)."""
+    """What one ``fit`` call ended with (the best value is the highest ``select`` metric, e.g. average mAP, or the
+    lowest with ``minimize``, e.g. the validation loss)."""
     epoch: int = 0
     iteration: int = 0
     global_step: int = 0
@@ -113,15 +114,16 @@ class Trainer:
     """Runs ``epochs`` epochs of ``step_fn`` over ``loader_fn(epoch, start)``.
 
     ``modules`` are the trained modules by checkpoint name (already DDP-wrapped where distributed); ``validate``
-    (optional) returns a dict of metrics at each epoch end, and ``select`` names the one whose maximum picks
-    ``best.pt``. ``videos_per_batch(batch)`` counts the real videos of a micro-batch for videos/s."""
+    (optional) returns a dict of metrics at each epoch end, and ``select`` names the one whose maximum (minimum with
+    ``minimize``) picks ``best.pt``, the first epoch that reaches it. ``videos_per_batch(batch)`` counts the real
+    videos of a micro-batch for videos/s."""
 
     def __init__(self, *, stage: str, modules: Dict[str, torch.nn.Module], step_fn: StepFn,
                  loader_fn: Callable[[int, int], Iterable], optimizer: torch.optim.Optimizer, scheduler,
                  epochs: int, info: D.DistInfo, checkpointer: Checkpointer, logger: RunLogger, seed: int,
                  accum_steps: int = 1, max_bad_steps: int = 5, every_iters: int = 0, log_every: int = 10,
                  amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None,
-                 select: Optional[str] = None, config: Optional[dict] = None,
+                 select: Optional[str] = None, minimize: bool = False, config: Optional[dict] = None,
                  describe: Optional[Callable[[Dict[str, Any]], str]] = None):
         self.stage, self.modules, self.step_fn, self.loader_fn = stage, modules, step_fn, loader_fn
         self.optimizer, self.scheduler, self.epochs, self.info = optimizer, scheduler, epochs, info
@@ -131,7 +133,7 @@ class Trainer:
         self.amp = amp and info.device.type == "cuda"
         # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format.
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=False)
-        self.validate, self.select, self.config = validate, select, config
+        self.validate, self.select, self.minimize, self.config = validate, select, minimize, config
         self.describe = describe or (lambda batch: "")
         self.state = LoopState()
         self._done = False
@@ -246,9 +248,10 @@ class Trainer:
             self.scheduler.step()
             metrics = self.validate(epoch) if self.validate else {}
             is_best = False
-            if self.select is not None and self.select in metrics:
+            if self.select is not None and math.isfinite(metrics.get(self.select, math.nan)):
                 value = metrics[self.select]
-                is_best = self.state.best is None or value > self.state.best
+                is_best = self.state.best is None or (value < self.state.best if self.minimize
+                                                      else value > self.state.best)
                 if is_best:
                     self.state.best = value
             self.state.history.append({"epoch": epoch + 1, **metrics})
