@@ -215,8 +215,10 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
 class FeatureLoader:
     """Batches of ``{"features": (B, C, L), "meta": [...]}`` over cached entries, split across ranks.
 
-    Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, each rank taking every
-    world_size-th video, padded by wrapping so every rank gets ``len(self)`` full batches. Evaluation: every video once in sorted-id order;
+    Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, padded by wrapping so every
+    rank gets ``len(self)`` full batches; batch i of rank r is the permutation's block i·world_size + r of
+    batch_size videos, so the ranks' batches (and accumulated batches) concatenate, in (batch, rank) order, to the
+    batches of one process with the global batch size. Evaluation: every video once in sorted-id order;
     the last rank's shortfall is filled with duplicates marked ``meta["pad"] = True``. ``len()`` counts the whole
     epoch; iteration yields its batches from ``start`` on (a run resumed mid-epoch)."""
 
@@ -238,7 +240,8 @@ class FeatureLoader:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(len(self.ids), generator=g).tolist()
             order = (order * (n // len(order) + 1))[:n]
-            mine = order[self.rank::self.world]
+            mine = [v for i in range(len(self)) for v in order[(i * self.world + self.rank) * self.batch:
+                                                                (i * self.world + self.rank + 1) * self.batch]]
             pad = [False] * len(mine)
         else:
             order = list(range(len(self.ids)))

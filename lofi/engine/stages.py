@@ -20,6 +20,7 @@ from lofi.fidelity import Fidelity, LoFiSchedule
 from . import distributed as D
 from .checkpoint import Checkpointer, atomic_save, file_hash, load
 from .feature_cache import Entry, FeatureCache, FeatureLoader, load_external
+from .global_loss import GlobalBatchLoss
 from .logger import RunLogger
 from .loop import Trainer
 
@@ -238,7 +239,7 @@ def lofi_schedule(cfg: Config) -> LoFiSchedule:
 
 def run_lofi(ctx: Context) -> Path:
     """Encoder + G-TAD end to end on the TAL loss; every batch's fidelity comes from the LoFi schedule."""
-    from lofi.models import GTAD, build_targets, gtad_loss
+    from lofi.models import GTAD
     from .memory import auto_micro_batch
     cfg, info = ctx.cfg, ctx.info
     schedule = lofi_schedule(cfg)
@@ -255,10 +256,11 @@ def run_lofi(ctx: Context) -> Path:
         per, accum = batch_plan(ctx, "lofi", cfg.lofi.batch_size)
     net = D.wrap_ddp(model, info, cfg.model.sync_bn)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
+    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["frames"].shape[1])
 
     def step(batch, generator):
         pred = net(batch["frames"].to(info.device, non_blocking=True))
-        losses = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+        losses = global_loss(pred, batch)
         return losses["loss"], {k: float(losses[k].detach()) for k in ("tem", "reg", "cls")}
 
     # One optimizer step = `accum` loader batches: the schedule counts optimizer steps (mini-batches of the global batch).
@@ -269,7 +271,7 @@ def run_lofi(ctx: Context) -> Path:
                       checkpointer=Checkpointer(ctx.stage_dir("lofi"), cfg.checkpoint.keep, info.is_main),
                       logger=ctx.log, seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
                       every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
-                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
+                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]), prepare=global_loss.prepare)
     run_trainer(ctx, trainer)
     return export_encoder(ctx, "lofi", model.encoder)
 
@@ -450,7 +452,6 @@ def head_picks(runs: List[Tuple[float, List[Dict[str, Any]]]]) -> Dict[str, Dict
 def run_head(ctx: Context) -> Path:
     """Fresh G-TAD + video classifier on frozen full-fidelity features; the epoch (and lr) by ``head.select``:
     the lowest validation loss (G-TAD's criterion) or the highest validation average mAP; both picks are reported."""
-    from lofi.models import build_targets, gtad_loss
     cfg, info = ctx.cfg, ctx.info
     encoder_path = frozen_encoder_file(ctx)
     train = subset_features(ctx, cfg.data.train_subset, encoder_path)
@@ -460,6 +461,7 @@ def run_head(ctx: Context) -> Path:
     in_dim = next(iter(train.values()))[0].shape[0]
     per, accum = batch_plan(ctx, "head", cfg.head.batch_size)
     metric, lower = SELECT[cfg.head.select]
+    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1])
     runs, dirs = [], {}
     for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
         directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
@@ -470,7 +472,7 @@ def run_head(ctx: Context) -> Path:
 
         def step(batch, generator, net=net):
             pred, logits = net(batch["features"].to(info.device, non_blocking=True))
-            tal = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+            tal = global_loss(pred, batch)
             target = video_label_targets(batch["meta"], len(classes)).to(info.device)
             cls = -(target * logits.log_softmax(1)).sum(1).mean()
             return tal["loss"] + cls, {"tal": float(tal["loss"].detach()), "video_cls": float(cls.detach())}
@@ -485,7 +487,8 @@ def run_head(ctx: Context) -> Path:
                           checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
                           seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
                           every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
-                          validate=validate, select=metric, minimize=lower, config=to_dict(cfg))
+                          validate=validate, select=metric, minimize=lower, config=to_dict(cfg),
+                          prepare=global_loss.prepare)
         run_trainer(ctx, trainer)
         runs.append((lr, trainer.state.history))
         dirs[lr] = directory
