@@ -23,7 +23,8 @@ def run_toy(out, *args, torchrun=0, check=True, script=TOY):
     env = child_env(OMP_NUM_THREADS="1")
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
-               "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", script, str(out), *args]
+               "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", script, str(out),
+               *args]
     else:
         cmd = [sys.executable, script, str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

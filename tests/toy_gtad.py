@@ -5,8 +5,9 @@ G-TAD loss of lofi.engine.global_loss, as the head stage is. Runs single-process
     python tests/toy_gtad.py OUT --batch B [--accum K] [--stats-per-batch]
 
 ``--batch`` is the per-process micro-batch; the global batch is B · accum · world size. ``--stats-per-batch`` computes
-the loss statistics per micro-batch instead (plain ``gtad_loss``). Writes OUT/rank{r}.pt: the gradients of every optimizer
-step (after DDP's average) and the final parameters; rank 0's OUT/log.jsonl has the logged loss of every step.
+the loss statistics per micro-batch instead (plain ``gtad_loss``). Writes OUT/rank{r}.pt: the gradients of every
+optimizer step (after DDP's average) and the final parameters; rank 0's OUT/log.jsonl has the logged loss of every
+step.
 """
 import argparse
 import sys

@@ -47,7 +47,8 @@ def _sets(targets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """``build_targets`` output → the boolean masks named by COUNTS (start/end (B, L), the others (B, L, L))."""
     gt_start, gt_end, gt_iou = targets["start"], targets["end"], targets["iou_map"]
     mask = valid_mask(gt_iou.shape[-1], gt_iou.device).expand_as(gt_iou)
-    return {"start_pos": gt_start > 0.5, "start_neg": gt_start <= 0.5, "end_pos": gt_end > 0.5, "end_neg": gt_end <= 0.5,
+    return {"start_pos": gt_start > 0.5, "start_neg": gt_start <= 0.5,
+            "end_pos": gt_end > 0.5, "end_neg": gt_end <= 0.5,
             "cls_pos": (gt_iou > 0.9) & mask, "cls_neg": (gt_iou <= 0.9) & mask, **_regression_sets(gt_iou, mask)}
 
 
