@@ -128,13 +128,19 @@ class LoFiStageConfig:
 
 @dataclass
 class HeadStageConfig:
-    """Frozen encoder, cached full-fidelity features, fresh G-TAD + video classifier (G-TAD's recipe)."""
+    """Frozen encoder, cached full-fidelity features, fresh G-TAD + video classifier (G-TAD's recipe).
+    ``select``: what picks the epoch (and the lr of ``lr_search``): the lowest validation loss (G-TAD's criterion)
+    or the highest validation average mAP; the other criterion's pick is reported beside it. ``video_info``: a CSV in
+    G-TAD's ``video_info`` format (video, numFrame, seconds, fps, rfps, featureFrame) giving the time base of the
+    external features ``features``: they cover ``seconds · featureFrame / numFrame`` of each video."""
     epochs: int = 10
     batch_size: int = 16
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="adam", lr=4e-3, weight_decay=1e-4,
                                                                    step_size=5, gamma=0.1))
     lr_search: List[float] = field(default_factory=list)
+    select: Literal["val_loss", "val_map"] = "val_loss"
     features: Optional[str] = None
+    video_info: Optional[str] = None
     feature_layout: Literal["TC", "CT"] = "TC"
     annotations: Optional[str] = None
     cache_dir: Optional[str] = None
@@ -143,6 +149,10 @@ class HeadStageConfig:
 
 @dataclass
 class PostprocessConfig:
+    """``candidates``: which proposals the boundary filter keeps (lofi.postprocess): ``opentad`` reads the end
+    probability at the last included snippet and keeps proposals ending at the video's end; ``gtad`` reads it one
+    snippet later, as G-TAD's inference, and never produces a proposal ending at the video's end."""
+    candidates: Literal["opentad", "gtad"] = "opentad"
     sigma: float = 0.8
     top_k: int = 100
     top_classes: int = 2
@@ -492,6 +502,8 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     for i, lr in enumerate(cfg.head.lr_search):
         _positive(errors, f"head.lr_search[{i}]", lr)
     _positive(errors, "head.cache_shard_size", cfg.head.cache_shard_size)
+    if cfg.head.video_info and not cfg.head.features:
+        errors.append("head.video_info: it gives the time base of external features; set head.features too")
     _positive(errors, "lofi.memory_budget_gib", cfg.lofi.memory_budget_gib)
     _check_batch(errors, "lofi.auto_global_batch", cfg.lofi.auto_global_batch, world_size)
     sigma = cfg.postprocess.sigma
@@ -532,7 +544,7 @@ def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
     if problem:
         errors.append(f"data.shards: {problem} (make the shards with tools/make_shards.py)")
     for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
-                       ("head.annotations", cfg.head.annotations),
+                       ("head.annotations", cfg.head.annotations), ("head.video_info", cfg.head.video_info),
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):
         if value is not None and not os.path.exists(value):
             errors.append(f"{key}: no such file or directory {value!r}")

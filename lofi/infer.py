@@ -99,7 +99,7 @@ class Detector:
             pred = self.head.gtad(feats)
             meta = [{"id": "window", "duration": (end - start) / fps}]
             res = detect(pred, meta, class_scores=probs, classes=self.classes, sigma=pp.sigma, top_k=pp.top_k,
-                         top_classes=pp.top_classes)
+                         top_classes=pp.top_classes, candidates=pp.candidates)
             for d in res["detections"]["window"]:
                 s, e = d["segment"]
                 merged.setdefault(d["label"], []).append((s + start / fps, e + start / fps, d["score"]))

@@ -1,9 +1,11 @@
-"""Post-processing (REFERENCE §3, with OpenTAD's end-of-video correction): G-TAD outputs → proposals → detections.
+"""Post-processing (G-TAD's, with OpenTAD's end-of-video correction by default): G-TAD outputs → proposals → detections.
 
 1. Boundary filter per video: a snippet is a start (end) candidate if it is a strict local peak of the start (end)
    probability or above 0.5·max; snippet 0 is always a start, snippet L−1 always an end.
-2. Every valid map cell (d, s) with start candidate s and end candidate s+d (the last included snippet, as OpenTAD)
-   is a proposal [s, s+d+1] snippets, proposals ending at the video's last snippet included; score = cls × reg.
+2. Every valid map cell (d, s) with start candidate s is a proposal [s, s+d+1] snippets, score = cls × reg, when its
+   end passes the candidate rule (``CANDIDATE_RULES``): ``opentad`` reads the end candidate at s+d (the last included
+   snippet) and keeps proposals ending at the video's end; ``gtad`` (G-TAD's inference) reads it at s+d+1 and keeps
+   only proposals with s+d+1 < L, so none ends at the video's end.
 3. Gaussian soft-NMS over the whole batch (``lofi.ops.batched_soft_nms``), top-k per video.
 4. Seconds = snippets / L · duration, clipped to [0, duration].
 5. Video-level classification fusion: each of the top-2 classes × each proposal (score product) → ≤ 2·top_k
@@ -19,6 +21,8 @@ import torch
 
 from lofi import ops
 from lofi.models.gtad import proposal_cells
+
+CANDIDATE_RULES = ("opentad", "gtad")
 
 
 def boundary_candidates(prob: torch.Tensor) -> torch.Tensor:
@@ -47,19 +51,22 @@ def load_cuhk(path) -> Dict[str, object]:
 
 
 def batch_proposals(start: torch.Tensor, end: torch.Tensor, maps: torch.Tensor, sigma: float = 0.8,
-                    top_k: int = 100):
+                    top_k: int = 100, candidates: str = "opentad"):
     """G-TAD outputs → (segments (B, top_k, 2) in snippets, scores (B, top_k), counts (B,)) after soft-NMS;
-    rows beyond ``counts[b]`` are padding."""
+    rows beyond ``counts[b]`` are padding. ``candidates``: the end rule, one of ``CANDIDATE_RULES``."""
+    if candidates not in CANDIDATE_RULES:
+        raise ValueError(f"postprocess.candidates: expected one of {CANDIDATE_RULES}, got {candidates!r}")
     B, L = start.shape
     d, s = proposal_cells(L, start.device)
-    e = s + d
+    e = s + d + (1 if candidates == "gtad" else 0)  # the snippet whose end probability is read
+    inside = e < L
     start_ok, end_ok = boundary_candidates(start), boundary_candidates(end)
     start_ok[:, 0] = True
     end_ok[:, L - 1] = True
-    keep = start_ok[:, s] & end_ok[:, e]
+    keep = start_ok[:, s] & end_ok[:, e.clamp(max=L - 1)] & inside
     flat = maps.flatten(2)[:, :, d * L + s].float()  # (B, 2, N)
     score = flat[:, 1] * flat[:, 0]
-    segs = torch.stack([s, e + 1], 1).to(score.dtype)
+    segs = torch.stack([s, s + d + 1], 1).to(score.dtype)
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
     num_valid = keep.sum(1)
     cand_scores = score.gather(1, order)
@@ -88,15 +95,17 @@ def _class_scores(class_scores, classes, meta):
 
 def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
            class_scores: Union[torch.Tensor, str, os.PathLike, dict, None] = None,
-           classes: Optional[Sequence[str]] = None, sigma: float = 0.8, top_k: int = 100, top_classes: int = 2) -> dict:
+           classes: Optional[Sequence[str]] = None, sigma: float = 0.8, top_k: int = 100, top_classes: int = 2,
+           candidates: str = "opentad") -> dict:
     """GTAD output for a batch + the reader's meta (``id``, ``duration`` s) → ActivityNet-format results.
     Videos marked ``pad`` (the reader's padding duplicates) are left out.
 
     ``class_scores``: (B, K) probabilities with ``classes`` (K names), a CUHK-format file path, or ``load_cuhk``'s
-    output; None gives proposals only. Returns {"detections": {vid: [{label, score, segment}]} (≤ top_classes·top_k per
+    output; None gives proposals only. ``candidates``: the end rule of step 2 (``CANDIDATE_RULES``). Returns {"detections": {vid: [{label, score, segment}]} (≤ top_classes·top_k per
     video), "proposals": {vid: [{score, segment}]} (class-agnostic, for AR@AN), "classifier": description or None}.
     """
-    segs, scores, counts = batch_proposals(pred["start"], pred["end"], pred["maps"], sigma=sigma, top_k=top_k)
+    segs, scores, counts = batch_proposals(pred["start"], pred["end"], pred["maps"], sigma=sigma, top_k=top_k,
+                                           candidates=candidates)
     L = pred["start"].shape[1]
     proposals = {}
     for b, m in enumerate(meta):

@@ -18,10 +18,16 @@ def test_paper_settings():
     assert (lofi.batch_size, lofi.optim.step_size, lofi.optim.gamma, lofi.schedule.mode) == (16, 5, 0.5, "long_cycle")
     assert (head.optim.name, head.optim.lr, head.epochs, head.optim.step_size, head.optim.gamma) == ("adam", 4e-3, 10, 5, 0.1)
     assert head.lr_search == [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]
-    assert (cfg.postprocess.sigma, cfg.postprocess.top_k) == (0.84, 100)
+    assert (cfg.postprocess.sigma, cfg.postprocess.top_k, cfg.postprocess.candidates) == (0.84, 100, "gtad")
+    assert head.select == "val_loss"
     assert (cfg.fidelity.L, cfg.fidelity.T, cfg.fidelity.size) == (100, 8, 224)
     r50 = load_config(CONFIG_DIR / "anet_tsm_r50.yaml", check_paths=False)
     assert (r50.model.encoder, r50.lofi.batch_size, r50.postprocess.sigma) == ("tsm_r50", "auto", 0.84)
+    for name in ("anet_tsm_r50", "hacs_tsm_r18"):  # G-TAD's protocol options, from anet_tsm_r18
+        other = load_config(CONFIG_DIR / f"{name}.yaml", check_paths=False)
+        assert (other.postprocess.candidates, other.head.select) == ("gtad", "val_loss")
+    demo = load_config(CONFIG_DIR / "demo.yaml", check_paths=False)
+    assert (demo.postprocess.candidates, demo.head.select) == ("opentad", "val_map")
 
 
 def test_overrides_apply_with_types():
@@ -44,6 +50,9 @@ def test_overrides_apply_with_types():
     ("data.shards=/no/such/shards", "data.shards", "does not exist"),
     ("model.weights=/no/such.pth", "model.weights", "no such file"),
     ("eval.tiou=[0.5, 1.5]", "eval.tiou[1]", "tIoU"),
+    ("postprocess.candidates=bmn", "postprocess.candidates", "expected one of"),
+    ("head.select=val_acc", "head.select", "expected one of"),
+    ("head.video_info=/no/such.csv", "head.video_info", "set head.features too"),
     ("lofi", "lofi", "key=value"),
 ])
 def test_errors_name_the_key(override, key, words):

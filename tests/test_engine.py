@@ -1,5 +1,7 @@
 """The shared training loop on a tiny stand-in stage (tests/toy_train.py): exact resume after SIGKILL, the NaN
-guard (single process and collective under 2-process gloo DDP), gradient accumulation, and the batch split."""
+guard (single process and collective under 2-process gloo DDP), gradient accumulation, and the batch split; and the
+G-TAD loss with global-batch statistics on a tiny head stage (tests/toy_gtad.py) under DDP and accumulation."""
+import json
 import signal
 import subprocess
 import sys
@@ -14,15 +16,17 @@ from subproc import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "tests" / "toy_train.py")
+TOY_GTAD = str(REPO / "tests" / "toy_gtad.py")
 
 
-def run_toy(out, *args, torchrun=0, check=True):
+def run_toy(out, *args, torchrun=0, check=True, script=TOY):
     env = child_env(OMP_NUM_THREADS="1")
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun),
-               "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", TOY, str(out), *args]
+               "--master_port", "0", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", script, str(out),
+               *args]
     else:
-        cmd = [sys.executable, TOY, str(out), *args]
+        cmd = [sys.executable, script, str(out), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -81,6 +85,41 @@ def test_ddp_two_processes_agree_and_skip_nan_together(tmp_path):
     assert_equal_params(r0["params"], r1["params"])
     assert r0["skipped"] == r1["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in r0["params"].values())
+
+
+def logged_steps(out):
+    rows = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("loss", "tem", "reg", "cls")} for r in rows if r["kind"] == "step"]
+
+
+def assert_same_training(a, b, rel=1e-12):
+    """Equal logged losses and per-step gradients (float64, up to summation order)."""
+    steps_a, steps_b = logged_steps(a), logged_steps(b)
+    assert len(steps_a) == len(steps_b) == 4  # 2 epochs × 2 steps of the global batch 8
+    for x, y in zip(steps_a, steps_b):
+        assert x == pytest.approx(y, rel=rel, abs=1e-15)
+    ga, gb = load_params(a)["grads"], load_params(b)["grads"]
+    assert len(ga) == len(gb) == 4
+    for x, y in zip(ga, gb):
+        for k in x:
+            torch.testing.assert_close(x[k], y[k], rtol=rel, atol=1e-14)
+
+
+def test_global_batch_loss_two_processes_and_accumulation_equal_one_batch(tmp_path):
+    # Global batch 8 of 16 videos with 0-3 segments each: one process × 8 videos is G-TAD's loss on the batch; 2 gloo
+    # processes × 4, 1 process × 4 × 2 accumulated, and 2 × 2 × 2 give the same losses and gradients at every step.
+    run_toy(tmp_path / "one", "--batch", "8", script=TOY_GTAD)
+    run_toy(tmp_path / "ddp", "--batch", "4", torchrun=2, script=TOY_GTAD)
+    run_toy(tmp_path / "accum", "--batch", "4", "--accum", "2", script=TOY_GTAD)
+    run_toy(tmp_path / "both", "--batch", "2", "--accum", "2", torchrun=2, script=TOY_GTAD)
+    for other in ("ddp", "accum", "both"):
+        assert_same_training(tmp_path / "one", tmp_path / other)
+    ddp = [load_params(tmp_path / "ddp", r)["params"] for r in (0, 1)]
+    assert_equal_params(*ddp)
+    # Per-process statistics (the plain loss on each process's 4 videos) give another loss and other gradients.
+    run_toy(tmp_path / "local", "--batch", "4", "--stats-per-batch", torchrun=2, script=TOY_GTAD)
+    with pytest.raises(AssertionError):
+        assert_same_training(tmp_path / "one", tmp_path / "local", rel=1e-6)
 
 
 def test_split_batch():

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lofi.models import build_targets, gtad_loss, valid_mask
-from lofi.models.losses import balanced_bce, sampled_l2
+from lofi.models.losses import balanced_bce, batch_statistics, sampled_l2
 
 
 def meta(duration, *segments):
@@ -104,3 +104,70 @@ def test_regression_sampling_uses_generator_and_rates():
     high_only = gt + ((gt > 0.7) & mask).float()
     rate = sampled_l2(high_only, gt, mask, torch.Generator().manual_seed(6))
     assert rate == pytest.approx(0.5 / 3, rel=0.03)
+
+
+def random_metas(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    metas = []
+    for i in range(n):
+        k = int(torch.randint(0, 4, (1,), generator=g))  # 0-3 segments: the videos' label ratios differ
+        segs = [(float(a), float(a + b)) for a, b in (torch.rand(k, 2, generator=g) * 30).tolist()]
+        metas.append(meta(50.0, *segs))
+    return metas
+
+
+def test_shares_of_micro_batches_add_up_to_the_global_batch_loss(seed):
+    # Accumulation over 2 micro-batches with the global statistics = G-TAD's loss on the whole batch (float64), for
+    # the value and the gradients; the per-micro-batch statistics of the plain loss give another value.
+    L, B = 16, 6
+    metas = random_metas(B, seed)
+    pred = random_pred(B, L, seed)
+    pred = {k: v.double().requires_grad_(True) for k, v in pred.items()}
+    draws = torch.rand(B, L, L, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    whole = gtad_loss(pred, build_targets(metas, L), draws=draws)
+    grads_whole = torch.autograd.grad(whole["loss"], list(pred.values()))
+    halves = [slice(0, 2), slice(2, B)]  # unequal micro-batches
+    targets = [build_targets(metas[h], L) for h in halves]
+    counts = batch_statistics(targets, [draws[h] for h in halves])
+    shares = [gtad_loss({k: v[h] for k, v in pred.items()}, t, draws=draws[h], counts=counts)
+              for h, t in zip(halves, targets)]
+    for key in whole:
+        torch.testing.assert_close(sum(s[key] for s in shares), whole[key], rtol=1e-13, atol=0)
+    grads_shares = torch.autograd.grad(sum(s["loss"] for s in shares), list(pred.values()))
+    for a, b in zip(grads_shares, grads_whole):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-16)
+    local = [gtad_loss({k: v[h] for k, v in pred.items()}, t, draws=draws[h]) for h, t in zip(halves, targets)]
+    assert abs(float(sum(s["loss"].detach() for s in local) / 2 - whole["loss"].detach())) > 1e-6
+
+
+def test_global_statistics_without_positives_stay_finite():
+    L = 10
+    metas = [meta(10.0), meta(12.0)]  # no annotations: no positives, no high-IoU cells
+    pred = {k: v.double().requires_grad_(True) for k, v in random_pred(2, L, 3).items()}
+    targets = [build_targets(metas[:1], L), build_targets(metas[1:], L)]
+    draws = [torch.rand(1, L, L, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    counts = batch_statistics(targets, draws)
+    assert counts["start_pos"] == counts["high"] == counts["kept"] == 0
+    shares = [gtad_loss({k: v[i:i + 1] for k, v in pred.items()}, targets[i], draws=draws[i], counts=counts)
+              for i in range(2)]
+    total = sum(s["loss"] for s in shares)
+    assert torch.isfinite(total) and all(s["reg"] == 0 for s in shares)
+    total.backward()
+    assert all(torch.isfinite(v.grad).all() for v in pred.values())
+
+
+def test_draws_follow_the_global_position_not_the_process():
+    # Rank r's micro-batch k holds the global positions (k·world + r)·B ..; its draws are those rows of the step's
+    # draws for the whole global batch (generator shared by all processes), whichever rank holds it.
+    from lofi.engine.distributed import DistInfo
+    from lofi.engine.global_loss import GlobalBatchLoss
+    L, B, world, accum = 8, 2, 2, 3
+    metas = random_metas(B * world * accum, 4)
+    everything = torch.rand(B * world * accum, L, L, generator=torch.Generator().manual_seed(9))
+    for rank in range(world):
+        batches = [{"meta": metas[(k * world + rank) * B:(k * world + rank + 1) * B]} for k in range(accum)]
+        GlobalBatchLoss(DistInfo(rank, world), accum, lambda b: L).prepare(batches, torch.Generator().manual_seed(9))
+        for k, batch in enumerate(batches):
+            first = (k * world + rank) * B
+            assert torch.equal(batch["gtad_loss"]["draws"], everything[first:first + B])
+            assert batch["gtad_loss"]["share"] == world * accum

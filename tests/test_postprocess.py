@@ -1,5 +1,6 @@
 """Post-processing: boundary filter, batched soft-NMS, seconds, class fusion, and the targets → maps → segments round trip."""
 import json
+import math
 
 import pytest
 import torch
@@ -48,6 +49,33 @@ def test_boundary_candidates():
     p = torch.tensor([[0.1, 0.3, 0.2, 0.05, 0.04, 0.9, 0.5, 0.6]])
     # peaks at 1, 5, 7 (right edge: larger than its only neighbour); > 0.45 at 5, 6, 7
     assert boundary_candidates(p)[0].nonzero().flatten().tolist() == [1, 5, 6, 7]
+
+
+def test_candidate_rules_gtad_and_opentad():
+    # L = 4. Start candidates {0, 2} (peaks above 0.5·max); end candidates {1, 3} (peak, and the forced last snippet).
+    # opentad reads the end at s+d: [0,2] (s0 d1), [0,4] (s0 d3), [2,4] (s2 d1), two of them ending at the video end.
+    # gtad reads it at s+d+1 < L: [0,1] (s0 d0), [0,3] (s0 d2), [2,3] (s2 d0), none ending at the video end.
+    L = 4
+    start = torch.tensor([[0.9, 0.1, 0.8, 0.1]])
+    end = torch.tensor([[0.1, 0.9, 0.1, 0.2]])
+    maps = torch.zeros(1, 2, L, L)  # [b, channel, d, s]; ch0 regression, ch1 classification
+    maps[0, 0] = 1.0
+    maps[0, 1] = 0.2  # cells that neither rule keeps
+    for (d, s), cls in {(2, 0): 0.9, (0, 0): 0.6, (0, 2): 0.5, (3, 0): 0.7, (1, 0): 0.4, (1, 2): 0.3}.items():
+        maps[0, 1, d, s] = cls
+    pred = {"start": start, "end": end, "maps": maps}
+    meta = [{"id": "v", "duration": 8.0}]  # 2 s per snippet
+    # Gaussian soft-NMS with sigma 0.8: the first pick decays a neighbour with IoU 1/3 (gtad) or 1/2 (opentad).
+    k3, k2 = math.exp(-(1 / 3) ** 2 / 0.8), math.exp(-0.5 ** 2 / 0.8)
+    expected = {"gtad": [([0.0, 6.0], 0.9), ([0.0, 2.0], 0.6 * k3), ([4.0, 6.0], 0.5 * k3)],
+                "opentad": [([0.0, 8.0], 0.7), ([0.0, 4.0], 0.4 * k2), ([4.0, 8.0], 0.3 * k2)]}
+    for rule, rows in expected.items():
+        props = detect(pred, meta, top_k=10, candidates=rule)["proposals"]["v"]
+        assert [p["segment"] for p in props] == [seg for seg, _ in rows], rule
+        assert [p["score"] for p in props] == pytest.approx([sc for _, sc in rows], rel=1e-6), rule
+    assert detect(pred, meta)["proposals"] == detect(pred, meta, candidates="opentad")["proposals"]  # the default
+    with pytest.raises(ValueError, match="postprocess.candidates"):
+        detect(pred, meta, candidates="bmn")
 
 
 def test_class_fusion_from_video_classifier():

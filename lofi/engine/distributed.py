@@ -122,6 +122,15 @@ def all_reduce_max(flag: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def all_reduce_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The element-wise sum of ``t`` over all processes, on ``t``'s device (``t`` itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    out = t.to(device)
+    dist.all_reduce(out)
+    return out.to(t.device)
+
+
 def all_reduce_mean(values: List[float], device: torch.device) -> List[float]:
     """Element-wise mean over processes, for logged scalars."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -10,11 +10,17 @@ written to temporary names and renamed, and the index (written last, by rank 0) 
 External features (``head.features``), as G-TAD and OpenTAD users have them: a directory with one ``.npy`` per video
 (``ID.npy`` or ``v_ID.npy``, ID the id's lofi.filenames.video_stem) or one HDF5 file with a dataset per video, each
 (T, C) time-major (or (C, T) with ``layout="CT"``); T is resampled to L by linear interpolation, as G-TAD's features
-were rescaled to 100.
+were rescaled to 100. With a ``video_info`` CSV in G-TAD's format (columns video, numFrame, seconds, featureFrame,
+...), the features of a video cover only its first ``featureFrame`` of ``numFrame`` frames, i.e.
+``seconds · featureFrame / numFrame`` seconds (G-TAD's ``corrected_second``): that time base goes into the meta as
+``feature_duration``, which the targets and snippet times use; the annotated ``duration`` stays the video's
+(evaluation and detections in seconds use it, as G-TAD's inference).
 """
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -131,10 +137,39 @@ def uniform_snippet_times(duration: float, L: int) -> List[float]:
     return [(k + 0.5) * duration / L for k in range(L)]
 
 
-def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, layout: str = "TC") -> Dict[str, Entry]:
-    """External features for the videos of ``metas`` ({id: meta with duration (s) and annotations}) →
-    {id: (features (C, L), meta with snippet_times)}. Videos with no feature file raise, naming them."""
+def read_video_info(path: os.PathLike) -> Dict[str, float]:
+    """G-TAD's ``video_info`` CSV (header with at least video, numFrame, seconds, featureFrame) → {video: seconds the
+    features cover = seconds · featureFrame / numFrame}. Ids as in the file (G-TAD's carry a ``v_`` prefix)."""
     path = Path(path)
+    out: Dict[str, float] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"video", "numFrame", "seconds", "featureFrame"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"head.video_info: {path} has no column(s) {sorted(missing)} (G-TAD's video_info "
+                             "format: video,numFrame,seconds,fps,rfps,featureFrame)")
+        for line, row in enumerate(reader, start=2):
+            values = {}
+            for field in ("numFrame", "seconds", "featureFrame"):
+                try:
+                    values[field] = float(row[field])
+                except (TypeError, ValueError):
+                    values[field] = math.nan
+                if not values[field] > 0:
+                    raise ValueError(f"head.video_info: {path} line {line}, video {row['video']!r}: {field} must be "
+                                     f"a positive number, got {row[field]!r}")
+            out[row["video"]] = values["seconds"] * values["featureFrame"] / values["numFrame"]
+    return out
+
+
+def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, layout: str = "TC",
+                  video_info: Optional[os.PathLike] = None) -> Dict[str, Entry]:
+    """External features for the videos of ``metas`` ({id: meta with duration (s) and annotations}) →
+    {id: (features (C, L), meta with snippet_times)}; with ``video_info`` (``read_video_info``) the meta also gets
+    ``feature_duration`` (s), the time base of the features. Videos with no feature file (or no video_info row)
+    raise, naming them."""
+    path = Path(path)
+    covered = read_video_info(video_info) if video_info is not None else None
     if layout not in ("TC", "CT"):
         raise ValueError(f"head.feature_layout: expected 'TC' or 'CT', got {layout!r}")
     arrays: Dict[str, np.ndarray] = {}
@@ -159,6 +194,10 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
         raise ValueError(f"head.features: {path} is neither a directory of .npy files nor an HDF5 file")
     if missing:
         raise KeyError(f"head.features: {path} has no features for {len(missing)} video(s): {missing[:10]}")
+    if covered is not None:
+        no_row = [vid for vid in metas if vid not in covered and f"v_{vid}" not in covered]
+        if no_row:
+            raise KeyError(f"head.video_info: {video_info} has no row for {len(no_row)} video(s): {no_row[:10]}")
     out: Dict[str, Entry] = {}
     for vid, arr in arrays.items():
         if arr.ndim != 2:
@@ -166,7 +205,9 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
         x = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)
         x = x.t() if layout == "TC" else x
         meta = dict(metas[vid])
-        meta["snippet_times"] = uniform_snippet_times(float(meta["duration"]), L)
+        if covered is not None:
+            meta["feature_duration"] = covered[vid] if vid in covered else covered[f"v_{vid}"]
+        meta["snippet_times"] = uniform_snippet_times(float(meta.get("feature_duration", meta["duration"])), L)
         out[vid] = (resample(x, L).contiguous(), meta)
     return out
 
@@ -174,8 +215,10 @@ def load_external(path: os.PathLike, metas: Dict[str, Dict[str, Any]], L: int, l
 class FeatureLoader:
     """Batches of ``{"features": (B, C, L), "meta": [...]}`` over cached entries, split across ranks.
 
-    Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, each rank taking every
-    world_size-th video, padded by wrapping so every rank gets ``len(self)`` full batches. Evaluation: every video once in sorted-id order;
+    Training: a permutation per epoch drawn from (seed, epoch), the same on every rank, padded by wrapping so every
+    rank gets ``len(self)`` full batches; batch i of rank r is the permutation's block i·world_size + r of
+    batch_size videos, so the ranks' batches (and accumulated batches) concatenate, in (batch, rank) order, to the
+    batches of one process with the global batch size. Evaluation: every video once in sorted-id order;
     the last rank's shortfall is filled with duplicates marked ``meta["pad"] = True``. ``len()`` counts the whole
     epoch; iteration yields its batches from ``start`` on (a run resumed mid-epoch)."""
 
@@ -197,7 +240,8 @@ class FeatureLoader:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(len(self.ids), generator=g).tolist()
             order = (order * (n // len(order) + 1))[:n]
-            mine = order[self.rank::self.world]
+            mine = [v for i in range(len(self)) for v in order[(i * self.world + self.rank) * self.batch:
+                                                                (i * self.world + self.rank + 1) * self.batch]]
             pad = [False] * len(mine)
         else:
             order = list(range(len(self.ids)))

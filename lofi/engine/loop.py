@@ -8,8 +8,9 @@ steps*: ``iteration`` i of an epoch consumes loader batches ``i·accum .. i·acc
 Determinism: the global RNGs are reseeded from (seed, rank, epoch) before an epoch's loader is created, so the
 loader draws the same numbers however far into the epoch a run resumes; each micro-batch's forward/backward runs
 with the global RNGs seeded from (seed, rank, epoch, iteration) and restored afterwards, and the loss's sampling
-generator is seeded the same way. A run resumed from any checkpoint therefore continues exactly as the
-uninterrupted run would (tested with ``torch.equal``).
+generator from (seed, epoch, iteration), the same on every process (rank 0's step seed), so that draws for the
+whole global batch do not depend on the process that holds a video. A run resumed from any checkpoint therefore
+continues exactly as the uninterrupted run would (tested with ``torch.equal``).
 Remaining nondeterminism: CUDA kernels without a deterministic implementation, and DataLoader worker timing only
 where a reader consumes global RNG state inside its workers.
 """
@@ -22,7 +23,7 @@ import random
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -91,7 +92,8 @@ class NanGuard:
 
 @dataclass
 class LoopState:
-    """What one ``fit`` call ended with (the best value is the highest ``select`` metric, e.g. average mAP)."""
+    """What one ``fit`` call ended with (the best value is the highest ``select`` metric, e.g. average mAP, or the
+    lowest with ``minimize``, e.g. the validation loss)."""
     epoch: int = 0
     iteration: int = 0
     global_step: int = 0
@@ -113,16 +115,20 @@ class Trainer:
     """Runs ``epochs`` epochs of ``step_fn`` over ``loader_fn(epoch, start)``.
 
     ``modules`` are the trained modules by checkpoint name (already DDP-wrapped where distributed); ``validate``
-    (optional) returns a dict of metrics at each epoch end, and ``select`` names the one whose maximum picks
-    ``best.pt``. ``videos_per_batch(batch)`` counts the real videos of a micro-batch for videos/s."""
+    (optional) returns a dict of metrics at each epoch end, and ``select`` names the one whose maximum (minimum with
+    ``minimize``) picks ``best.pt``, the first epoch that reaches it. ``videos_per_batch(batch)`` counts the real
+    videos of a micro-batch for videos/s. ``prepare(batches, generator)`` (optional) is called once per optimizer
+    step, on every process, with this process's ``accum`` micro-batches and the step's generator before the first
+    forward, e.g. to put loss statistics over the global batch into them (``lofi.engine.global_loss``)."""
 
     def __init__(self, *, stage: str, modules: Dict[str, torch.nn.Module], step_fn: StepFn,
                  loader_fn: Callable[[int, int], Iterable], optimizer: torch.optim.Optimizer, scheduler,
                  epochs: int, info: D.DistInfo, checkpointer: Checkpointer, logger: RunLogger, seed: int,
                  accum_steps: int = 1, max_bad_steps: int = 5, every_iters: int = 0, log_every: int = 10,
                  amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None,
-                 select: Optional[str] = None, config: Optional[dict] = None,
-                 describe: Optional[Callable[[Dict[str, Any]], str]] = None):
+                 select: Optional[str] = None, minimize: bool = False, config: Optional[dict] = None,
+                 describe: Optional[Callable[[Dict[str, Any]], str]] = None,
+                 prepare: Optional[Callable[[List[Dict[str, Any]], torch.Generator], None]] = None):
         self.stage, self.modules, self.step_fn, self.loader_fn = stage, modules, step_fn, loader_fn
         self.optimizer, self.scheduler, self.epochs, self.info = optimizer, scheduler, epochs, info
         self.ckpt, self.log, self.seed, self.accum = checkpointer, logger, seed, accum_steps
@@ -131,8 +137,9 @@ class Trainer:
         self.amp = amp and info.device.type == "cuda"
         # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one format.
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=False)
-        self.validate, self.select, self.config = validate, select, config
+        self.validate, self.select, self.minimize, self.config = validate, select, minimize, config
         self.describe = describe or (lambda batch: "")
+        self.prepare = prepare
         self.state = LoopState()
         self._done = False
 
@@ -170,13 +177,15 @@ class Trainer:
     def _step(self, it: Iterator, epoch: int, iteration: int) -> Tuple[Optional[Dict[str, float]], int, str]:
         """One optimizer step over ``accum`` micro-batches; None logs when the step was skipped."""
         step_seed = derive_seed(self.seed, self.info.rank, epoch, iteration, 1)
-        generator = torch.Generator().manual_seed(step_seed)
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, 0, epoch, iteration, 1))
         self.optimizer.zero_grad(set_to_none=True)
         totals: Dict[str, float] = {}
         videos, desc, bad = 0, "", False
-        for k in range(self.accum):
-            batch = next(it)
-            if bad:  # keep the data position: consume the rest of this step's micro-batches
+        batches = [next(it) for _ in range(self.accum)]  # the whole step, so the data position is kept when skipping
+        if self.prepare is not None:
+            self.prepare(batches, generator)
+        for k, batch in enumerate(batches):
+            if bad:
                 continue
             videos += count_videos(batch)
             desc = self.describe(batch)
@@ -246,9 +255,10 @@ class Trainer:
             self.scheduler.step()
             metrics = self.validate(epoch) if self.validate else {}
             is_best = False
-            if self.select is not None and self.select in metrics:
+            if self.select is not None and math.isfinite(metrics.get(self.select, math.nan)):
                 value = metrics[self.select]
-                is_best = self.state.best is None or value > self.state.best
+                is_best = self.state.best is None or (value < self.state.best if self.minimize
+                                                      else value > self.state.best)
                 if is_best:
                     self.state.best = value
             self.state.history.append({"epoch": epoch + 1, **metrics})

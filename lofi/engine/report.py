@@ -41,7 +41,7 @@ def random_detections(entries: Dict[str, Entry], class_scores: Dict[str, List[fl
                 "maps": torch.rand(B, 2, L, L, generator=g)}
         scores = torch.tensor([class_scores[m["id"]] for m in meta])
         out.update(detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
-                          top_classes=pp.top_classes)["detections"])
+                          top_classes=pp.top_classes, candidates=pp.candidates)["detections"])
     return out
 
 

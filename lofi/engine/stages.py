@@ -20,6 +20,7 @@ from lofi.fidelity import Fidelity, LoFiSchedule
 from . import distributed as D
 from .checkpoint import Checkpointer, atomic_save, file_hash, load
 from .feature_cache import Entry, FeatureCache, FeatureLoader, load_external
+from .global_loss import GlobalBatchLoss
 from .logger import RunLogger
 from .loop import Trainer
 
@@ -238,7 +239,7 @@ def lofi_schedule(cfg: Config) -> LoFiSchedule:
 
 def run_lofi(ctx: Context) -> Path:
     """Encoder + G-TAD end to end on the TAL loss; every batch's fidelity comes from the LoFi schedule."""
-    from lofi.models import GTAD, build_targets, gtad_loss
+    from lofi.models import GTAD
     from .memory import auto_micro_batch
     cfg, info = ctx.cfg, ctx.info
     schedule = lofi_schedule(cfg)
@@ -255,10 +256,11 @@ def run_lofi(ctx: Context) -> Path:
         per, accum = batch_plan(ctx, "lofi", cfg.lofi.batch_size)
     net = D.wrap_ddp(model, info, cfg.model.sync_bn)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
+    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["frames"].shape[1])
 
     def step(batch, generator):
         pred = net(batch["frames"].to(info.device, non_blocking=True))
-        losses = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+        losses = global_loss(pred, batch)
         return losses["loss"], {k: float(losses[k].detach()) for k in ("tem", "reg", "cls")}
 
     # One optimizer step = `accum` loader batches: the schedule counts optimizer steps (mini-batches of the global batch).
@@ -269,7 +271,7 @@ def run_lofi(ctx: Context) -> Path:
                       checkpointer=Checkpointer(ctx.stage_dir("lofi"), cfg.checkpoint.keep, info.is_main),
                       logger=ctx.log, seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
                       every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
-                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]))
+                      config=to_dict(cfg), describe=lambda b: str(b["fidelity"]), prepare=global_loss.prepare)
     run_trainer(ctx, trainer)
     return export_encoder(ctx, "lofi", model.encoder)
 
@@ -290,7 +292,7 @@ def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, E
     cfg, info = ctx.cfg, ctx.info
     if cfg.head.features:
         metas = {vid: m for vid, m in annotation_metas(cfg).items() if m.get("subset") == subset}
-        return load_external(cfg.head.features, metas, cfg.fidelity.L, cfg.head.feature_layout)
+        return load_external(cfg.head.features, metas, cfg.fidelity.L, cfg.head.feature_layout, cfg.head.video_info)
     fid = full_fidelity(cfg)
     manifest = Path(cfg.data.shards) / "manifest.json"
     key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
@@ -375,7 +377,7 @@ def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: 
             probs = logits.softmax(1)
             scores = external or probs
             res = detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
-                         top_classes=pp.top_classes)
+                         top_classes=pp.top_classes, candidates=pp.candidates)
             out["detections"].update(res["detections"])
             out["proposals"].update(res["proposals"])
             out["classifier"] = res["classifier"]
@@ -428,9 +430,28 @@ def frozen_encoder_file(ctx: Context) -> str:
     return str(export_encoder(ctx, "head", make_encoder(ctx.cfg, None)))
 
 
+# head.select → (the validation metric, whether lower is better)
+SELECT = {"val_loss": ("val_loss", True), "val_map": ("average_mAP", False)}
+
+
+def head_picks(runs: List[Tuple[float, List[Dict[str, Any]]]]) -> Dict[str, Dict[str, Any]]:
+    """[(lr, per-epoch validation history)] → {criterion of SELECT: {lr, epoch, val_loss, val_average_mAP}}: the
+    epoch (and lr) each criterion picks, the first of ties in (lr, epoch) order, as the Trainer's ``best.pt``."""
+    picks = {}
+    for name, (key, lower) in SELECT.items():
+        rows = [(row[key], lr, row) for lr, history in runs for row in history if math.isfinite(row.get(key, math.nan))]
+        if not rows:
+            raise RuntimeError(f"head: no finite validation {key} to select an epoch by (head.epochs = 0?)")
+        best = (min if lower else max)(r[0] for r in rows)
+        _, lr, row = next(r for r in rows if r[0] == best)
+        picks[name] = {"lr": lr, "epoch": row["epoch"], "val_loss": row["val_loss"],
+                       "val_average_mAP": row["average_mAP"]}
+    return picks
+
+
 def run_head(ctx: Context) -> Path:
-    """Fresh G-TAD + video classifier on frozen full-fidelity features; best epoch (and lr) by validation average mAP."""
-    from lofi.models import build_targets, gtad_loss
+    """Fresh G-TAD + video classifier on frozen full-fidelity features; the epoch (and lr) by ``head.select``:
+    the lowest validation loss (G-TAD's criterion) or the highest validation average mAP; both picks are reported."""
     cfg, info = ctx.cfg, ctx.info
     encoder_path = frozen_encoder_file(ctx)
     train = subset_features(ctx, cfg.data.train_subset, encoder_path)
@@ -439,7 +460,9 @@ def run_head(ctx: Context) -> Path:
     gt = gt_database(val, "validation")
     in_dim = next(iter(train.values()))[0].shape[0]
     per, accum = batch_plan(ctx, "head", cfg.head.batch_size)
-    results = []
+    metric, lower = SELECT[cfg.head.select]
+    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1])
+    runs, dirs = [], {}
     for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
         directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
         torch.manual_seed(cfg.seed)
@@ -449,7 +472,7 @@ def run_head(ctx: Context) -> Path:
 
         def step(batch, generator, net=net):
             pred, logits = net(batch["features"].to(info.device, non_blocking=True))
-            tal = gtad_loss(pred, build_targets(batch["meta"], pred["start"].shape[1]), generator=generator)
+            tal = global_loss(pred, batch)
             target = video_label_targets(batch["meta"], len(classes)).to(info.device)
             cls = -(target * logits.log_softmax(1)).sum(1).mean()
             return tal["loss"] + cls, {"tal": float(tal["loss"].detach()), "video_cls": float(cls.detach())}
@@ -464,18 +487,29 @@ def run_head(ctx: Context) -> Path:
                           checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
                           seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
                           every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
-                          validate=validate, select="average_mAP", config=to_dict(cfg))
+                          validate=validate, select=metric, minimize=lower, config=to_dict(cfg),
+                          prepare=global_loss.prepare)
         run_trainer(ctx, trainer)
-        results.append((trainer.state.best if trainer.state.best is not None else -math.inf, lr, directory))
-        ctx.log.info(f"[head] lr {lr:g}: best validation average mAP {results[-1][0]:.4f}")
-    best_map, best_lr, best_dir = max(results, key=lambda r: r[0])
+        runs.append((lr, trainer.state.history))
+        dirs[lr] = directory
+        by = head_picks(runs[-1:])
+        ctx.log.info(f"[head] lr {lr:g}: lowest validation loss {by['val_loss']['val_loss']:.4f} (epoch "
+                     f"{by['val_loss']['epoch']}), best validation average mAP {by['val_map']['val_average_mAP']:.4f} "
+                     f"(epoch {by['val_map']['epoch']})")
+    picks = head_picks(runs)
+    pick, (other, other_pick) = picks[cfg.head.select], next((k, v) for k, v in picks.items() if k != cfg.head.select)
+    ctx.log.info(f"[head] selected by {cfg.head.select}: lr {pick['lr']:g}, epoch {pick['epoch']} (validation loss "
+                 f"{pick['val_loss']:.4f}, average mAP {pick['val_average_mAP']:.4f}); {other} would pick lr "
+                 f"{other_pick['lr']:g}, epoch {other_pick['epoch']} (validation loss {other_pick['val_loss']:.4f}, "
+                 f"average mAP {other_pick['val_average_mAP']:.4f})")
     path = ctx.run_dir / "model.pt"
     if info.is_main:
-        head_state = load(best_dir / "best.pt")["models"]["model"]
+        head_state = load(dirs[pick["lr"]] / "best.pt")["models"]["model"]
         atomic_save({"encoder": make_encoder(cfg, encoder_path).state_dict(), "encoder_name": cfg.model.encoder, "head": head_state,
-                     "in_dim": in_dim, "classes": classes, "config": to_dict(cfg), "lr": best_lr,
-                     "val_average_mAP": best_map}, path)
-        ctx.log.metrics("head", {"lr": best_lr, "val_average_mAP": best_map,
-                                 "lr_search": {f"{lr:g}": m for m, lr, _ in results}})
+                     "in_dim": in_dim, "classes": classes, "config": to_dict(cfg), "lr": pick["lr"],
+                     "epoch": pick["epoch"], "select": cfg.head.select,
+                     "val_average_mAP": pick["val_average_mAP"]}, path)
+        ctx.log.metrics("head", {"select": cfg.head.select, **pick, "picks": picks,
+                                 "lr_search": {f"{lr:g}": head_picks([(lr, h)]) for lr, h in runs}})
     D.barrier()
     return path

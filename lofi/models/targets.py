@@ -1,7 +1,9 @@
 """G-TAD training targets (REFERENCE §2.1) for any number of snippets L, from the annotations in seconds.
 
-Snippet j covers [j/L, (j+1)/L] of the video in normalized time; a ground-truth segment [s, e] seconds is normalized by
-the plain annotation ``duration`` (no ``corrected_second`` time base) and clipped to [0, 1].
+Snippet j covers [j/L, (j+1)/L] of the features' time span in normalized time; a ground-truth segment [s, e] seconds
+is normalized by that span and clipped to [0, 1]. The span is the meta's ``feature_duration`` (s) when present
+(G-TAD's ``corrected_second``: its features cover only the first featureFrame of numFrame frames), else the
+annotated ``duration``.
 """
 from typing import Dict, List
 
@@ -11,11 +13,13 @@ from .gtad import valid_mask
 
 
 def normalized_segments(meta: dict) -> torch.Tensor:
-    """One video's annotations → (G, 2) float64 normalized [start, end], clipped to [0, 1]."""
+    """One video's annotations → (G, 2) float64 normalized by ``feature_duration`` (else ``duration``) seconds,
+    clipped to [0, 1]."""
     vid = meta.get("id", "?")
-    duration = float(meta.get("duration", 0.0))
+    key = "feature_duration" if meta.get("feature_duration") is not None else "duration"
+    duration = float(meta.get(key, 0.0))
     if not duration > 0:
-        raise ValueError(f"video {vid}: duration must be > 0 seconds, got {meta.get('duration')!r}")
+        raise ValueError(f"video {vid}: {key} must be > 0 seconds, got {meta.get(key)!r}")
     segs = []
     for i, ann in enumerate(meta.get("annotations", [])):
         start, end = (float(v) for v in ann["segment"])
