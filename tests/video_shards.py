@@ -87,3 +87,14 @@ def zero_member_bytes(tar_path: str, member: str, start: float, count: int) -> N
     with open(tar_path, "r+b") as f:
         f.seek(offset)
         f.write(bytes(count))
+
+
+def damage_frame(mp4: bytes, frame: int, count: int = 64, start: float = 0.0) -> bytes:
+    """A copy of `mp4` with `count` bytes zeroed in the packet of display frame `frame`, from fraction `start` of
+    the packet (a source broken before packing; the container still parses)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        packets = sorted((p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size)
+    _, pos, size = packets[frame]
+    offset = pos + int(start * size)
+    count = min(count, pos + size - offset)
+    return mp4[:offset] + bytes(count) + mp4[offset + count:]

@@ -107,7 +107,8 @@ def cpu_fallback(batch: dict, train: bool, error: BaseException) -> dict:
         except CorruptSample as exc:
             failed.add(plan["where"])
             skip_corrupt(batch["corrupt"], plan["where"], exc)
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    reason = next((line for line in lines if "failed" in line.lower()), lines[0])  # DALI's message is a traceback
     warnings.warn(f"epoch {batch['epoch']} batch {batch['iteration']}: DALI failed ({reason}); decoded the batch "
                   f"with PyAV: {len(failed)} corrupt sample(s) {sorted(failed)}", stacklevel=2)
     if not good:
