@@ -193,3 +193,30 @@ def test_real_clip_damage_is_caught(bikes, tmp_path):
             batches = list(dl)
         assert list(dl.corrupt) == [f"bikes in {tar}"] and reason in dl.corrupt[f"bikes in {tar}"], dl.corrupt
         assert [(m["id"], m["pad"]) for m in batches[0]["meta"]] == [("pattern", False), ("pattern", True)]
+
+
+def test_extract_features_skips_damage_and_stops_at_the_limit(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+    from subproc import REPO, child_env
+
+    from lofi.models import build_encoder
+
+    write_shards(str(tmp_path / "shards"), "training", items(4, frames=30), per_shard=2)
+    zero_member_bytes(str(tmp_path / "shards" / "training-000000.tar"), "vid1.mp4", 0.5, 64)
+    torch.save(build_encoder("tsm_r18").state_dict(), tmp_path / "enc.pt")
+    outcomes = {}
+    for limit in (0.2, 0.25):
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "tools" / "extract_features.py"), "--encoder", str(tmp_path / "enc.pt"),
+             "--subset", "training", "--npy", str(tmp_path / f"npy{limit}"), f"data.shards={tmp_path / 'shards'}",
+             "data.backend=cpu", "data.num_workers=0", f"data.max_corrupt_fraction={limit}", "fidelity.L=4",
+             "fidelity.T=2", "fidelity.size=32", "head.batch_size=2", f"work_dir={tmp_path / f'work{limit}'}"],
+            cwd=REPO, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+        outcomes[limit] = proc
+    stopped, done = outcomes[0.2], outcomes[0.25]
+    assert stopped.returncode == 1 and "exceed data.max_corrupt_fraction=0.2: vid1 in " in stopped.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "npy0.25").iterdir()) == ["vid0.npy", "vid2.npy", "vid3.npy"]
