@@ -8,6 +8,7 @@ import tarfile
 import av
 import numpy as np
 import pytest
+import torch
 from video_shards import damage_frame, encode_video, video_info, write_shards, zero_member_bytes
 
 from lofi.config import ConfigError, load_config
@@ -24,6 +25,12 @@ CODECS = {"vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
 BACKENDS = ["cpu", pytest.param("dali", marks=pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None,
                                                                   reason="needs nvidia-dali"))]
 needs_dali = pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="needs nvidia-dali")
+
+
+@pytest.fixture(autouse=True)
+def dali_cpu_device(monkeypatch):
+    """backend="dali" resolves to DALI's CPU device (device_id None) on any machine: its decoder takes VP9 and MJPEG."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def items(n=6, frames=40):
@@ -220,3 +227,24 @@ def test_extract_features_skips_damage_and_stops_at_the_limit(tmp_path):
     assert stopped.returncode == 1 and "exceed data.max_corrupt_fraction=0.2: vid1 in " in stopped.stderr
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "npy0.25").iterdir()) == ["vid0.npy", "vid2.npy", "vid3.npy"]
+
+
+def test_infer_skips_a_damaged_window(tmp_path):
+    from lofi.engine.stages import HeadModel
+    from lofi.infer import Detector
+    from lofi.models import build_encoder
+
+    detector = object.__new__(Detector)  # a randomly initialised model: only the decoding is under test
+    detector.device, detector.classes = torch.device("cpu"), ["a", "b"]
+    detector.cfg = load_config(None, ["fidelity.L=4", "fidelity.T=2", "fidelity.size=32"], check_paths=False)
+    detector.encoder, detector.head = build_encoder("tsm_r18").eval(), HeadModel(512, 2, fused=False).eval()
+    source = encode_video(60, 48, 64, codec="libvpx-vp9", gop=8, seed=1)  # 4 s, a keyframe every 8 frames
+    (tmp_path / "clip.mp4").write_bytes(damage_frame(source, 2, count=1 << 20))  # in the first 2 s window only
+    fid = detector.cfg.fidelity
+    sampled = int(snippet_frame_indices(60, fid.L, fid.T, fid.stride)[2, 0])
+    (tmp_path / "whole.mp4").write_bytes(damage_frame(source, sampled, count=1 << 20))
+    with pytest.warns(UserWarning, match="skipping the damaged window 0.00-2.00 s"):
+        result = detector(str(tmp_path / "clip.mp4"), window_s=2.0)
+    assert list(result["damaged_windows"]) == ["0.00-2.00 s"] and result["duration"] == 4.0
+    with pytest.raises(ValueError, match="whole.mp4: damaged, no window decodes cleanly"):
+        detector(str(tmp_path / "whole.mp4"))
