@@ -219,8 +219,9 @@ def test_extract_features_skips_damage_and_stops_at_the_limit(tmp_path):
         proc = subprocess.run(
             [sys.executable, str(REPO / "tools" / "extract_features.py"), "--encoder", str(tmp_path / "enc.pt"),
              "--subset", "training", "--npy", str(tmp_path / f"npy{limit}"), f"data.shards={tmp_path / 'shards'}",
-             "data.backend=cpu", "data.num_workers=0", f"data.max_corrupt_fraction={limit}", "fidelity.L=4",
-             "fidelity.T=2", "fidelity.size=32", "head.batch_size=2", f"work_dir={tmp_path / f'work{limit}'}"],
+             "data.val_subset=training", "data.backend=cpu", "data.num_workers=0", f"data.max_corrupt_fraction={limit}",
+             "fidelity.L=4", "fidelity.T=2", "fidelity.size=32", "head.batch_size=2",
+             f"work_dir={tmp_path / f'work{limit}'}"],
             cwd=REPO, env=child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
         outcomes[limit] = proc
     stopped, done = outcomes[0.2], outcomes[0.25]
