@@ -22,9 +22,8 @@ from lofi.fidelity import Fidelity, LoFiSchedule
 SMALL = Fidelity(4, 2, 32, 32)
 FIXED = LoFiSchedule("full", SMALL)
 CODECS = {"vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
-BACKENDS = ["cpu", pytest.param("dali", marks=pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None,
-                                                                  reason="needs nvidia-dali"))]
 needs_dali = pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="needs nvidia-dali")
+BACKENDS = ["cpu", pytest.param("dali", marks=needs_dali)]
 
 
 @pytest.fixture(autouse=True)
