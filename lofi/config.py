@@ -23,7 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 STAGES = ("acp", "acp+", "lofi", "head", "eval")
 # Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
 RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
-               "checkpoint", "log", "dist")
+               "checkpoint", "log", "dist", "data.max_corrupt_fraction")
 BatchSize = Union[int, Literal["auto"]]
 
 
@@ -88,6 +88,7 @@ class DataConfig:
     val_subset: str = "validation"
     backend: Literal["auto", "cpu", "dali"] = "auto"
     num_workers: int = 2
+    max_corrupt_fraction: float = 0.05  # share of an epoch's samples per rank that may be corrupt before it stops
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -516,6 +517,8 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "log.every_iters", cfg.log.every_iters)
     _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
     _positive(errors, "dist.timeout_s", cfg.dist.timeout_s)
+    _fraction(errors, "data.max_corrupt_fraction", cfg.data.max_corrupt_fraction, True, True,
+              "a share of the samples")
     syn = cfg.data.synthetic
     for key in ("size", "length", "distractors"):
         value = getattr(syn, key)

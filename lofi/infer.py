@@ -6,12 +6,15 @@ the whole video, resized on the short side and centre-cropped to the model's ful
 slides windows of S seconds with 50% overlap (THUMOS-style long videos): every window is sampled with L snippets,
 the video-level class scores come from the mean feature of all windows, and each class's detections from all
 windows are merged by soft-NMS. Writes ``DIR/ID.json`` (ActivityNet result format) and ``DIR/ID_timeline.png``, ID
-the video file's stem with characters other than ``[A-Za-z0-9_-]`` replaced by ``_``.
+the video file's stem with characters other than ``[A-Za-z0-9_-]`` replaced by ``_``. Frames are decoded strictly
+(lofi.data.backend_cpu): a window whose frames do not decode cleanly is skipped and named; a video with no clean
+window exits with status 1 and the decoder's error.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -21,6 +24,7 @@ import torch
 
 from lofi.config import from_dict
 from lofi.data.backend_cpu import load_snippets, stream_index
+from lofi.data.reader import CorruptSample
 from lofi.data.sampling import snippet_frame_indices, snippet_times
 from lofi.data.spatial import crop_params
 from lofi.engine.plots import plot_timelines
@@ -90,8 +94,15 @@ class Detector:
         encoded = Path(path).read_bytes()
         num_frames, fps, size = probe(encoded, path)
         duration = num_frames / fps
-        parts = [(s, e, *self.features(encoded, num_frames, fps, size, s, e)) for s, e in windows(num_frames, fps,
-                                                                                                  window_s)]
+        parts, damaged = [], {}
+        for s, e in windows(num_frames, fps, window_s):
+            try:
+                parts.append((s, e, *self.features(encoded, num_frames, fps, size, s, e)))
+            except CorruptSample as exc:  # a damaged window is skipped and named; the others still count
+                damaged[f"{s / fps:.2f}-{e / fps:.2f} s"] = str(exc)
+                warnings.warn(f"--video {path}: skipping the damaged window {s / fps:.2f}-{e / fps:.2f} s: {exc}")
+        if not parts:
+            raise ValueError(f"--video {path}: damaged, no window decodes cleanly: {damaged}")
         probs = self.head.classifier(torch.cat([p[2] for p in parts], -1)).softmax(1)
         pp = self.cfg.postprocess
         merged: Dict[str, List[Tuple[float, float, float]]] = {}
@@ -114,7 +125,7 @@ class Detector:
                            for (a, b), sc in zip(segs.tolist(), scores.tolist())]
         detections.sort(key=lambda d: -d["score"])
         return {"id": Path(path).stem, "duration": duration, "detections": detections,
-                "classifier": "VideoClassifier (project's linear video head)"}
+                "classifier": "VideoClassifier (project's linear video head)", "damaged_windows": damaged}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -134,13 +145,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.window is not None and args.window <= 0:
         print(f"lofi.infer: --window must be > 0 seconds, got {args.window}", file=sys.stderr)
         return 2
-    result = Detector(args.checkpoint, args.device)(args.video, args.window)
+    try:
+        result = Detector(args.checkpoint, args.device)(args.video, args.window)
+    except ValueError as e:  # an unreadable or damaged video
+        print(f"lofi.infer: {e}", file=sys.stderr)
+        return 1
     out = Path(args.out)
     vid = result["id"]
     json_path, png_path = video_path(out, vid, ".json"), video_path(out, vid, "_timeline.png")
     write_json(result_json({vid: result["detections"]}, result["classifier"], version="LoFi inference"), json_path)
     plot_timelines([{"id": vid, "duration": result["duration"], "annotations": []}],
                    {vid: result["detections"]}, png_path, top=args.top)
+    if result["damaged_windows"]:
+        print(f"{vid}: skipped {len(result['damaged_windows'])} damaged window(s): {result['damaged_windows']}")
     best = result["detections"][:3]
     print(f"{vid}: {result['duration']:.1f} s, {len(result['detections'])} detections; top: "
           + "; ".join(f"{d['label']} {d['segment'][0]:.1f}-{d['segment'][1]:.1f} s ({d['score']:.3f})" for d in best))

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from lofi.config import STAGES, Config, ConfigError, load_config, stage_key, to_dict
+from lofi.data import CorruptLimitError
 
 from .engine import distributed as D
 from .engine.logger import RunLogger, read_log
@@ -144,6 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if info.is_main:
             print(f"lofi.train: {e}", file=sys.stderr)
         return 2
+    except CorruptLimitError as e:  # raised on the rank that read them; torchrun then stops the others
+        print(f"lofi.train: {e}", file=sys.stderr)
+        return 1
     finally:
         D.shutdown()
     return 0

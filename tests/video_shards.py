@@ -2,11 +2,14 @@
 import io
 import json
 import os
+import tarfile
 from typing import Dict, List, Sequence
 
 import av
 import numpy as np
 import webdataset as wds
+
+from lofi.data.packing import member_checksums
 
 PIX_FMT = {"libvpx-vp9": "yuv420p", "mjpeg": "yuvj420p", "libx264": "yuv420p"}
 
@@ -48,8 +51,9 @@ def video_info(vid: str, num_frames: int, height: int, width: int, fps: int = 15
 
 
 def write_shards(out_dir: str, subset: str, samples: List[Dict], per_shard: int, codec: str = "libvpx-vp9",
-                 manifest: bool = True) -> List[str]:
-    """samples: dicts with info (video_info) and optionally mp4 (bytes; default encoded from the info)."""
+                 manifest: bool = True, checksums: bool = True) -> List[str]:
+    """samples: dicts with info (video_info) and optionally mp4 (bytes; default encoded from the info). checksums:
+    record the mp4's sha256 in the json as make_shards does (False: a shard packed before checksums)."""
     os.makedirs(out_dir, exist_ok=True)
     paths, shard_info = [], {}
     for s in range(0, len(samples), per_shard):
@@ -59,6 +63,8 @@ def write_shards(out_dir: str, subset: str, samples: List[Dict], per_shard: int,
                 info = sample["info"]
                 mp4 = sample.get("mp4") or encode_video(info["num_frames"], info["height"], info["width"],
                                                         info["fps"], codec, seed=s + j)
+                if checksums:
+                    info = dict(info, sha256=member_checksums({"mp4": mp4}))
                 sink.write({"__key__": info["id"], "mp4": mp4, "json": json.dumps(info).encode()})
         paths.append(path)
         shard_info[os.path.basename(path)] = {"num_samples": len(samples[s:s + per_shard]), "sha256": ""}
@@ -68,3 +74,27 @@ def write_shards(out_dir: str, subset: str, samples: List[Dict], per_shard: int,
         with open(os.path.join(out_dir, "manifest.json"), "w") as f:
             json.dump(man, f)
     return paths
+
+
+def zero_member_bytes(tar_path: str, member: str, start: float, count: int) -> None:
+    """Zeroes `count` bytes of a tar member in place, from fraction `start` of its length: storage damage after
+    packing (the tar and the container still parse)."""
+    with tarfile.open(tar_path) as tar:
+        info = tar.getmember(member)
+    offset = info.offset_data + int(start * info.size)
+    if offset + count > info.offset_data + info.size:
+        raise ValueError(f"{member} holds {info.size} bytes; cannot zero {count} from {offset - info.offset_data}")
+    with open(tar_path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(count))
+
+
+def damage_frame(mp4: bytes, frame: int, count: int = 64, start: float = 0.0) -> bytes:
+    """A copy of `mp4` with `count` bytes zeroed in the packet of display frame `frame`, from fraction `start` of
+    the packet (a source broken before packing; the container still parses)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        packets = sorted((p.pts, p.pos, p.size) for p in container.demux(video=0) if p.size)
+    _, pos, size = packets[frame]
+    offset = pos + int(start * size)
+    count = min(count, pos + size - offset)
+    return mp4[:offset] + bytes(count) + mp4[offset + count:]

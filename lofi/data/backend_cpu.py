@@ -4,10 +4,12 @@ It runs inside the DataLoader workers, one decoding thread per worker. For each 
 the keyframe and decodes up to the last needed frame of that group; frames between groups are never decoded.
 """
 import bisect
+import contextlib
 import io
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import av
+import av.logging
 import numpy as np
 import torch
 
@@ -39,6 +41,23 @@ def gop_runs(indices: np.ndarray, keyframes: List[int]) -> List[Tuple[int, List[
     return runs
 
 
+@contextlib.contextmanager
+def decoder_errors(threads: int = 1) -> Iterator[List[str]]:
+    """The libav messages of level ERROR or worse logged inside the block ("codec: message"), filled on exit.
+
+    A damaged bitstream often decodes "successfully": the decoder conceals the damage and only logs it (h264's
+    "error while decoding MB", vp9's "Failed to read frame header"); these messages are how PyAV exposes that. It
+    installs PyAV's log callback (level ERROR) when none is, so libav messages outside such blocks go to Python's
+    logging instead of stderr. Only the calling thread's messages are taken unless `threads` > 1 (frame threads).
+    """
+    if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    errors: List[str] = []
+    with av.logging.Capture(local=threads <= 1) as logs:
+        yield errors
+    errors += [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
+
+
 def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> List[np.ndarray]:
     """uint8 (h, w, 3) RGB frames for sorted unique frame `indices` of an encoded video; CorruptSample otherwise.
 
@@ -46,9 +65,10 @@ def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> List
     faults cost about as much as the decoding.
     """
     try:
-        with av.open(io.BytesIO(encoded)) as container:
+        with decoder_errors(threads) as errors, av.open(io.BytesIO(encoded)) as container:
             stream = container.streams.video[0]
             stream.thread_count = threads
+            stream.codec_context.options = {"err_detect": "explode"}
             pts, keyframes = stream_index(container)
             if len(indices) and indices[-1] >= len(pts):
                 raise CorruptSample(f"needs frame {indices[-1]} but the stream has {len(pts)} frames")
@@ -73,7 +93,9 @@ def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> List
             missing = [i for i in indices.tolist() if i not in out]
             if missing:
                 raise CorruptSample(f"frames {missing[:5]} could not be decoded")
-            return [out[i] for i in indices.tolist()]
+        if errors:
+            raise CorruptSample(f"the decoder reported {len(errors)} error(s), e.g. {errors[0]}")
+        return [out[i] for i in indices.tolist()]
     except CorruptSample:
         raise
     except (av.FFmpegError, IndexError, ValueError, OSError) as exc:

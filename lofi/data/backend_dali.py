@@ -4,17 +4,25 @@
 (NVDEC; also H.264, HEVC, AV1). Only the decoder's device argument differs between the two. Every per-iteration
 value comes from `batch_info.iteration`: DALI calls the source `prefetch_queue_depth` batches ahead, so the callback
 checks that the plan it hands over is the one for that iteration and keys the batch's meta by it.
+
+Recovery: damage that passes the front end's checks (a source broken before packing, in a codec without checksums)
+can make DALI's decoder raise. The batch it raised on is then decoded by the `cpu` backend (PyAV, strict), which
+skips, counts and names the broken sample like the front end; a new pipeline continues at the next iteration with
+the batches already planned, so the order and the fidelity schedule are those of an undisturbed run.
 """
 import io
+import warnings
 from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import av
 import numpy as np
+import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from .reader import CorruptSample
+from .backend_cpu import load_snippets
+from .reader import CorruptSample, fill_batch, skip_corrupt
 
 CPU_CODECS = ("vp8", "vp9", "mjpeg")
 DEVICES = ("cpu", "mixed")
@@ -82,35 +90,91 @@ def plan_arrays(plans: list):
             [np.array(int(c.flip), np.int32) for c in crops])
 
 
+def cpu_fallback(batch: dict, train: bool, error: BaseException) -> dict:
+    """Decodes a planned batch that DALI failed on with the `cpu` backend: frames (B, L, T, 3, H, W) on the CPU.
+
+    A sample PyAV cannot decode cleanly is skipped, counted in batch["corrupt"] and replaced as in the front end.
+    """
+    fid, plans = batch["fidelity"], batch.pop("plans")
+    out = torch.empty((len(plans), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8)
+    good, failed = [], set()
+    for plan in plans:
+        if plan["where"] in failed:
+            continue
+        try:
+            load_snippets(plan["mp4"], plan["frames"], plan["crop"], plan["size"], out[len(good)])
+            good.append(plan)
+        except CorruptSample as exc:
+            failed.add(plan["where"])
+            skip_corrupt(batch["corrupt"], plan["where"], exc)
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    reason = next((line for line in lines if "failed" in line.lower()), lines[0])  # DALI's message is a traceback
+    warnings.warn(f"epoch {batch['epoch']} batch {batch['iteration']}: DALI failed ({reason}); decoded the batch "
+                  f"with PyAV: {len(failed)} corrupt sample(s) {sorted(failed)}", stacklevel=2)
+    if not good:
+        raise RuntimeError(f"epoch {batch['epoch']} batch {batch['iteration']}: every sample is corrupt: "
+                           f"{sorted(batch['corrupt'])}")
+    fill_batch(good, len(plans), train, out)
+    batch["meta"] = [p["meta"] for p in good]
+    batch["frames"] = out.view(len(good), fid.L, fid.T, 3, fid.H, fid.W)
+    return batch
+
+
 class DaliBatches:
-    """Batches {frames (B, L, T, 3, H, W), meta, fidelity, epoch, iteration, corrupt} decoded by DALI."""
+    """Batches {frames (B, L, T, 3, H, W), meta, fidelity, epoch, iteration, corrupt, unverified} decoded by DALI;
+    a batch DALI raises on is decoded by `cpu_fallback` and the pipeline rebuilt."""
 
     def __init__(self, plan_batches: Iterable[dict], num_batches: int, schedule: Callable, epoch: int, device: str,
                  batch_size: int, num_threads: int = 2, device_id: Optional[int] = None, seed: int = 0,
-                 start: int = 0):
+                 start: int = 0, train: bool = True):
         self.plan_batches, self.num_batches, self.schedule, self.epoch = plan_batches, num_batches, schedule, epoch
         self.device, self.batch_size, self.num_threads, self.device_id = device, batch_size, num_threads, device_id
-        self.seed, self.start = seed, start  # the first iteration (a resumed epoch); DALI counts from 0
+        self.seed, self.start, self.train = seed, start, train  # start: the first iteration (a resumed epoch)
 
     def __iter__(self) -> Iterator[dict]:
         plans = iter(self.plan_batches)
-        pending: Dict[int, dict] = {}
+        planned: Dict[int, dict] = {}  # batches handed to a pipeline and not yet delivered, by iteration
+        state = {"start": self.start, "error": None}  # the running pipeline's first iteration; a front-end error
 
         def source(info):
-            iteration = info.iteration + self.start
-            if iteration >= self.num_batches:
+            k = state["start"] + info.iteration
+            if k >= self.num_batches:
                 raise StopIteration
-            batch = next(plans)
-            if batch["iteration"] != iteration or batch["fidelity"] != self.schedule(self.epoch, iteration):
-                raise RuntimeError(f"DALI asked for iteration {iteration}, the front end gave {batch['iteration']}")
-            pending[iteration] = batch
-            return plan_arrays(batch.pop("plans"))
+            if k not in planned:
+                try:
+                    batch = next(plans)
+                except BaseException as exc:  # the front end's own errors end the epoch, never a fallback
+                    state["error"] = exc
+                    raise
+                if batch["iteration"] != k or batch["fidelity"] != self.schedule(self.epoch, k):
+                    state["error"] = RuntimeError(f"DALI asked for iteration {k}, the front end gave "
+                                                  f"{batch['iteration']}")
+                    raise state["error"]
+                planned[k] = batch
+            return plan_arrays(planned[k]["plans"])
 
-        pipe = build_pipeline(source, self.device, self.batch_size, self.num_threads, self.device_id, self.seed)
-        pipe.build()
-        for iteration, out in enumerate(DALIGenericIterator(pipe, ["frames"], auto_reset=False), self.start):
-            batch = pending.pop(iteration)
-            fid = batch["fidelity"]
-            batch["frames"] = out[0]["frames"].view(self.batch_size, fid.L, fid.T, 3, fid.H, fid.W)
+        iteration = self.start
+        while iteration < self.num_batches:
+            state["start"] = iteration
+            pipe, outputs = build_pipeline(source, self.device, self.batch_size, self.num_threads, self.device_id,
+                                           self.seed), None
+            try:
+                pipe.build()
+                outputs = DALIGenericIterator(pipe, ["frames"], auto_reset=False)
+                for out in outputs:
+                    batch, fid = planned.pop(iteration), self.schedule(self.epoch, iteration)
+                    del batch["plans"]
+                    batch["frames"] = out[0]["frames"].view(self.batch_size, fid.L, fid.T, 3, fid.H, fid.W)
+                    iteration += 1
+                    yield batch
+                return
+            except RuntimeError as exc:
+                if state["error"] is not None or iteration not in planned:
+                    raise state["error"] or exc
+                batch = cpu_fallback(planned.pop(iteration), self.train, exc)
+            finally:
+                del pipe, outputs  # a pipeline that raised is not used again
+            if self.device == "mixed":
+                batch["frames"] = batch["frames"].to(torch.device("cuda", self.device_id))
+            iteration += 1
             yield batch
-

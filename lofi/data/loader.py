@@ -3,7 +3,7 @@ import functools
 import gc
 import importlib.util
 import warnings
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -47,16 +47,37 @@ def _identity(batch: dict) -> dict:
     return batch
 
 
+class CorruptLimitError(RuntimeError):
+    """More samples of an epoch were corrupt than data.max_corrupt_fraction allows; the message lists them."""
+
+
+_warned_unverified = False  # shards without checksums are reported once per process
+
+
+def _warn_unverified(shards: List[str]) -> None:
+    global _warned_unverified
+    if shards and not _warned_unverified:
+        _warned_unverified = True
+        warnings.warn(f"shards packed without checksums are read unverified (their samples' json has no sha256), "
+                      f"e.g. {shards[0]}; re-pack them with tools/make_shards.py to have every sample verified",
+                      stacklevel=3)
+
+
 class VideoLoader:
     """Iterable of batches {frames uint8 (B, L, T, 3, H, W), meta [B dicts], fidelity, epoch, iteration}.
 
     `len()` is the number of batches of this rank's epoch (the same on every rank); iteration yields those from the
-    front end's `start` on. After an epoch, `corrupt` maps each
-    skipped sample ("KEY in SHARD") to the reason, and a warning lists them.
+    front end's `start` on. After an epoch, `corrupt` maps each skipped sample ("KEY in SHARD") to the reason, and a
+    warning lists them. When more than `max_corrupt_fraction` of this rank's B·len() positions are corrupt, the
+    epoch stops with CorruptLimitError.
     """
 
-    def __init__(self, front: FrontEnd, backend: str, num_workers: int, dali_threads: int = 2):
+    def __init__(self, front: FrontEnd, backend: str, num_workers: int, dali_threads: int = 2,
+                 max_corrupt_fraction: float = 1.0):
+        if not 0.0 <= max_corrupt_fraction <= 1.0:
+            raise ValueError(f"max_corrupt_fraction must lie in [0, 1], got {max_corrupt_fraction}")
         self.front, self.backend, self.num_workers, self.dali_threads = front, backend, num_workers, dali_threads
+        self.max_corrupt_fraction = max_corrupt_fraction
         self.corrupt: Dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -78,14 +99,21 @@ class VideoLoader:
         device = self.backend.split("-")[1]
         device_id = torch.cuda.current_device() if device == "mixed" else None
         return iter(DaliBatches(batches, len(front), front.schedule, front.epoch, device, front.batch_size,
-                                self.dali_threads, device_id, front.seed, front.start))
+                                self.dali_threads, device_id, front.seed, front.start, front.train))
 
     def __iter__(self) -> Iterator[dict]:
         self.corrupt = {}
+        positions = len(self.front) * self.front.batch_size
         for expected, batch in enumerate(self._batches(), self.front.start):
             if batch["iteration"] != expected:
                 raise RuntimeError(f"batch order broken: got iteration {batch['iteration']}, expected {expected}")
             self.corrupt.update(batch.pop("corrupt"))
+            _warn_unverified(batch.pop("unverified"))
+            if len(self.corrupt) > self.max_corrupt_fraction * positions:
+                listed = "; ".join(f"{k}: {v}" for k, v in sorted(self.corrupt.items()))
+                raise CorruptLimitError(
+                    f"epoch {self.front.epoch} (rank {self.front.rank}): {len(self.corrupt)} corrupt samples of "
+                    f"{positions} exceed data.max_corrupt_fraction={self.max_corrupt_fraction}: {listed}")
             yield batch
         if self.corrupt:
             listed = "; ".join(f"{k}: {v}" for k, v in sorted(self.corrupt.items()))
@@ -96,14 +124,16 @@ class VideoLoader:
 def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, backend: str = "auto", num_workers: int = 2, rank: int = 0,
                  world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
-                 shuffle_buffer: int = 16, dali_threads: int = 2, start: int = 0) -> VideoLoader:
+                 shuffle_buffer: int = 16, dali_threads: int = 2, start: int = 0,
+                 max_corrupt_fraction: float = 1.0) -> VideoLoader:
     """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
 
     shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read) or a brace
     pattern of tar paths. batch_size: per process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per
     annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
     max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend). start: the first iteration
-    to yield (a run resumed mid-epoch): the batches before it are neither read nor decoded.
+    to yield (a run resumed mid-epoch): the batches before it are neither read nor decoded. max_corrupt_fraction:
+    the share of this rank's positions that may be corrupt (skipped) before the epoch stops with CorruptLimitError.
     """
     resolved = resolve_backend(backend)
     if resolved == "cpu":
@@ -114,4 +144,4 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
                      epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                      prepare=prepare, fills_frames=resolved == "cpu", foreground=foreground, stride=stride,
                      shuffle_buffer=shuffle_buffer, start=start)
-    return VideoLoader(front, resolved, num_workers, dali_threads)
+    return VideoLoader(front, resolved, num_workers, dali_threads, max_corrupt_fraction)

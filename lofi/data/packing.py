@@ -2,7 +2,8 @@
 
 Layout: ``OUT/{subset}-{NNNNNN}.tar``, one sample per video: ``KEY.mp4`` (the transcoded stream, no audio) and
 ``KEY.json`` ``{id, subset, duration, fps, num_frames, width, height, orig_fps, orig_duration, annotations: [{segment,
-label, label_id}], source}``; clip-list samples also carry ``label``, ``label_id`` and ``clip`` (source times).
+label, label_id}], source, sha256: {mp4}}``; clip-list samples also carry ``label``, ``label_id`` and ``clip``
+(source times). ``sha256.mp4`` is the hex SHA-256 of the mp4 member; the reader verifies it before decoding.
 ``duration`` = ``num_frames / fps`` of the transcoded stream (seconds); annotation times stay in seconds.
 ``OUT/manifest.json`` lists the classes, per-split and per-shard sample counts, sha256 checksums and keys, the
 encoding settings and every skipped video with its reason (see :func:`make_shards`).
@@ -40,7 +41,7 @@ from .annotations import Annotations, VideoRecord, clip_segments, load_annotatio
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-VERSION = 1
+VERSION = 2  # 2: each sample's json holds the sha256 of its mp4
 # name: (PyAV encoder, pixel format, encoder options)
 CODECS = {
     "h264": ("libx264", "yuv420p", {"preset": "veryfast", "crf": "{crf}", "bf": "0"}),
@@ -331,6 +332,11 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
+def member_checksums(members: dict) -> dict:
+    """{member name: hex SHA-256 of its bytes}: what a sample's json records and the reader verifies."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+
+
 def _write_json_atomic(path: pathlib.Path, obj) -> None:
     tmp = path.with_name(path.name + _TMP + str(os.getpid()))
     with open(tmp, "w") as f:
@@ -512,6 +518,7 @@ def _write_shard(tmp: pathlib.Path, items, results, ann: Annotations, bar) -> di
                 entry["skipped"].append({"video": record.id, "subset": record.subset, "reason": meta})
                 continue
             info, messages = sample_json(record, meta, ann, path.name)
+            info["sha256"] = member_checksums({"mp4": data})
             entry["warnings"] += [{"video": record.id, "message": m} for m in messages]
             key = sample_key(record.id)
             sink.write({"__key__": key, "mp4": data, "json": info})

@@ -18,9 +18,11 @@ Everything here is a function of (seed, epoch, rank, world_size, num_workers, ba
 * Starting mid-epoch (a resumed run). With `start` = s, the epoch yields iterations s, s+1, ... with the same
   contents as the full epoch's: DataLoader worker w plays the part of worker (w + s) mod num_workers, the shuffle
   buffer's order is computed on positions alone, and only the samples of iterations ≥ s are read and decoded.
-* Corrupt samples. A sample whose mp4/json is missing, malformed or undecodable is skipped with a warning naming its
-  key and shard, counted in the batch's "corrupt" field, and replaced by a duplicate of a good sample of the same
-  batch (marked pad in evaluation), so batch shapes stay fixed.
+* Corrupt samples. A sample whose mp4/json is missing, malformed or undecodable, or whose mp4 does not match the
+  sha256 its json records (verified before the sample is planned), is skipped with a warning naming its key and
+  shard, counted in the batch's "corrupt" field, and replaced by a duplicate of a good sample of the same batch
+  (marked pad in evaluation), so batch shapes stay fixed. Shards packed without checksums are read unverified and
+  listed in the batch's "unverified" field.
 """
 import json
 import math
@@ -33,6 +35,7 @@ import torch
 import webdataset as wds
 
 from ..fidelity import Fidelity
+from .packing import member_checksums
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
 from .shardlist import Shard
 from .spatial import crop_params
@@ -46,6 +49,42 @@ REQUIRED = ("id", "duration", "fps", "num_frames", "width", "height")
 # prepare(plan, out): fills out uint8 (L·T, 3, H, W) with the plan's frames, or only checks the plan when out is None
 # (DALI decodes later); raises CorruptSample
 Prepare = Callable[[dict, Optional[torch.Tensor]], None]
+
+
+def verify_checksums(sample: dict, info: dict) -> bool:
+    """Checks the sample's members against the sha256 its json records: True when verified, False when the json
+    records none (shards packed before checksums); raises CorruptSample on a mismatch."""
+    recorded = info.get("sha256")
+    if recorded is None:
+        return False
+    if not isinstance(recorded, dict) or "mp4" not in recorded:
+        raise CorruptSample(f"json field sha256 is not {{member: hex digest}} with mp4: {recorded!r}")
+    for name, digest in recorded.items():
+        if name not in sample:
+            raise CorruptSample(f"json records the sha256 of member {name!r}, which the sample lacks")
+        if member_checksums({name: sample[name]})[name] != digest:
+            raise CorruptSample(f"{name} does not match its sha256 (damaged after packing)")
+    return True
+
+
+def sample_where(sample: dict) -> str:
+    """"KEY in SHARD": how warnings and the corrupt report name a sample."""
+    return f"{sample.get('__key__')} in {sample.get('__url__')}"
+
+
+def skip_corrupt(corrupt: Dict[str, str], where: str, exc: Exception) -> None:
+    """Records a skipped sample in a batch's `corrupt` map and warns once, naming it."""
+    warnings.warn(f"skipping corrupt sample {where}: {exc}", stacklevel=3)
+    corrupt[where] = str(exc)
+
+
+def fill_batch(plans: List[dict], size: int, train: bool, out: Optional[torch.Tensor] = None) -> None:
+    """Pads `plans` in place to `size` with duplicates of plans[0] (marked pad in evaluation); copies row 0 of
+    `out` (B, L·T, 3, H, W) into the added rows when given."""
+    while len(plans) < size:
+        if out is not None:
+            out[len(plans)] = out[0]
+        plans.append(dict(plans[0], meta=dict(plans[0]["meta"], pad=plans[0]["meta"]["pad"] or not train)))
 
 
 def _seed(*values: int) -> int:
@@ -145,6 +184,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
         missing = [f for f in REQUIRED if f not in info]
         if missing:
             raise CorruptSample(f"json lacks {missing}")
+        verified = verify_checksums(sample, info)
         num_frames, fps = int(info["num_frames"]), float(info["fps"])
         annotations = info.get("annotations", [])
         start, end = 0, num_frames
@@ -166,7 +206,8 @@ class FrontEnd(torch.utils.data.IterableDataset):
         if "label_id" in label:
             meta["label_id"] = int(label["label_id"])
         return {"key": sample["__key__"], "mp4": sample["mp4"], "frames": frames, "crop": crop,
-                "size": (int(info["height"]), int(info["width"])), "meta": meta}
+                "size": (int(info["height"]), int(info["width"])), "meta": meta, "where": sample_where(sample),
+                "shard": sample.get("__url__"), "verified": verified}
 
     def make_batch(self, iteration: int, items: List[Tuple[int, dict, Optional[int]]]) -> dict:
         """Plans and prepares one batch; corrupt samples are replaced by duplicates of a good one (see module doc)."""
@@ -180,17 +221,12 @@ class FrontEnd(torch.utils.data.IterableDataset):
                 self.prepare(plan, None if out is None else out[len(plans)])
                 plans.append(plan)
             except CorruptSample as exc:
-                where = f"{sample.get('__key__')} in {sample.get('__url__')}"
-                warnings.warn(f"skipping corrupt sample {where}: {exc}", stacklevel=2)
-                corrupt[where] = str(exc)
+                skip_corrupt(corrupt, sample_where(sample), exc)
         if not plans:
             raise RuntimeError(f"epoch {self.epoch} batch {iteration}: every sample is corrupt: {sorted(corrupt)}")
-        while len(plans) < len(items):
-            if out is not None:
-                out[len(plans)] = out[0]
-            plans.append(dict(plans[0], meta=dict(plans[0]["meta"], pad=plans[0]["meta"]["pad"] or not self.train)))
+        fill_batch(plans, len(items), self.train, out)
         batch = {"meta": [p["meta"] for p in plans], "fidelity": fid, "epoch": self.epoch, "iteration": iteration,
-                 "corrupt": corrupt}
+                 "corrupt": corrupt, "unverified": sorted({p["shard"] for p in plans if not p["verified"]})}
         if out is None:
             batch["plans"] = plans
         else:

@@ -97,7 +97,8 @@ def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule,
     def make(epoch: int, start: int = 0):
         return build_loader(shards, subset, batch_size=batch, schedule=schedule, train=train, epoch=epoch,
                             seed=cfg.seed, backend=cfg.data.backend, num_workers=cfg.data.num_workers,
-                            rank=info.rank, world_size=info.world_size, start=start, **kw)
+                            rank=info.rank, world_size=info.world_size, start=start,
+                            max_corrupt_fraction=cfg.data.max_corrupt_fraction, **kw)
     return make
 
 
