@@ -22,6 +22,7 @@ from lofi.config import from_dict
 from lofi.data.backend_cpu import load_snippets, stream_index
 from lofi.data.sampling import snippet_frame_indices, snippet_times
 from lofi.data.spatial import crop_params
+from lofi.engine.checkpoint import UnsafeFileError
 from lofi.engine.plots import plot_timelines
 from lofi.engine.report import load_head
 from lofi.models import build_encoder
@@ -132,7 +133,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.window is not None and args.window <= 0:
         print(f"lofi.infer: --window must be > 0 seconds, got {args.window}", file=sys.stderr)
         return 2
-    result = Detector(args.checkpoint, args.device)(args.video, args.window)
+    try:
+        detector = Detector(args.checkpoint, args.device)
+    except UnsafeFileError as e:
+        print(f"lofi.infer: --checkpoint: {e}", file=sys.stderr)
+        return 2
+    result = detector(args.video, args.window)
     out = Path(args.out)
     vid = result["id"]
     write_json(result_json({vid: result["detections"]}, result["classifier"], version="LoFi inference"),

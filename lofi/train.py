@@ -21,6 +21,7 @@ import yaml
 from lofi.config import STAGES, Config, ConfigError, load_config, stage_key, to_dict
 
 from .engine import distributed as D
+from .engine.checkpoint import UnsafeFileError
 from .engine.logger import RunLogger, read_log
 from .engine.stages import Context, run_classification, run_head, run_lofi
 
@@ -140,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_determinism(cfg, info.device)
     try:
         run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)
-    except ConfigError as e:
+    except (ConfigError, UnsafeFileError) as e:
         if info.is_main:
             print(f"lofi.train: {e}", file=sys.stderr)
         return 2

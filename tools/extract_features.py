@@ -17,6 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lofi.config import ConfigError, load_config  # noqa: E402
 from lofi.engine import distributed as D  # noqa: E402
+from lofi.engine.checkpoint import UnsafeFileError  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
 from lofi.engine.stages import Context, subset_features  # noqa: E402
 
@@ -50,6 +51,9 @@ def main() -> int:
                     np.save(out / f"{vid}.npy", features.t().contiguous().numpy())
             log.info(f"{subset}: {len(entries)} videos, features {tuple(next(iter(entries.values()))[0].shape)} (C, L)"
                      + (f"; .npy files in {args.npy}" if args.npy else ""))
+    except UnsafeFileError as e:
+        print(f"extract_features: --encoder: {e}", file=sys.stderr)
+        return 2
     finally:
         log.close()
         D.shutdown()
