@@ -12,6 +12,7 @@ import torch
 
 from lofi.config import load_config  # noqa: E402
 from lofi.engine.logger import read_log  # noqa: E402
+from crafted import crafted_pt
 from subproc import child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +218,24 @@ def test_config_error_exits_before_running(tmp_path, tiny_shards):
     proc = train(tmp_path, tiny_shards, "lofi.schedule.r_t=3", check=False)
     assert proc.returncode == 2 and "lofi.schedule.r_t" in proc.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_files_that_need_unpickling_are_refused(tiny_shards, tmp_path, capsys):
+    """--resume FILE, lofi.infer --checkpoint FILE and extract_features --encoder FILE read with weights_only=True: a
+    crafted file never runs its code (the marker stays absent) and the command exits 2 naming the file."""
+    from lofi.infer import main as infer
+    marker = tmp_path / "ran"
+    evil = crafted_pt(tmp_path / "evil.pt", marker, lambda p: {"models": {"model": p}, "position": {"epoch": 0}})
+    proc = train(tmp_path / "w", tiny_shards, "--stage", "lofi", "--resume", str(evil), check=False)
+    assert proc.returncode == 2 and f"{evil} cannot be read safely" in proc.stderr, proc.stderr[-2000:]
+    cmd = [sys.executable, str(REPO / "tools" / "extract_features.py"), "--encoder", str(evil),
+           f"data.shards={tiny_shards}", f"work_dir={tmp_path / 'x'}", "data.synthetic.build=false", *TINY]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"--encoder: {evil} cannot be read safely" in proc.stderr, proc.stderr[-2000:]
+    assert infer(["--checkpoint", str(evil), "--video", str(evil), "--out", str(tmp_path / "o")]) == 2
+    assert f"--checkpoint: {evil} cannot be read safely" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_infer_on_real_video(tiny_run, shared_data, tmp_path):
