@@ -214,6 +214,31 @@ def test_torchrun_max_restarts_resumes_a_killed_worker(tiny_run, tiny_shards, tm
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_stage_with_checkpoints_is_never_overwritten_silently(tiny_shards, tmp_path):
+    """Re-running a stage without --resume is refused (the error names --resume auto and --overwrite) and touches
+    nothing; --overwrite deletes the earlier checkpoints first, so no old step file survives beside the new ones; the
+    temporary files that killed saves left in the run's folders are removed at the start, and nothing else."""
+    stage = tmp_path / "demo" / "lofi"
+    stage.mkdir(parents=True)
+    old = {name: f"earlier run {name}".encode() for name in ("last.pt", "best.pt", "step-0009-000000.pt", "encoder.pt")}
+    for name, data in old.items():
+        (stage / name).write_bytes(data)
+    stale = [stage / ".last.pt.k2x_9abc.tmp", stage / ".step-0000-000001.pt.abcdefgh.tmp",
+             tmp_path / "demo" / ".model.pt.12345678.tmp"]
+    kept = [stage / "notes.tmp", stage / ".last.pt.tmp", tmp_path / "demo" / "features" / ".index.json.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    proc = train(tmp_path, tiny_shards, "--stage", "lofi", "lofi.epochs=1", check=False)
+    assert proc.returncode == 2 and "--resume auto" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
+    assert all((stage / n).read_bytes() == data for n, data in old.items())
+    proc = train(tmp_path, tiny_shards, "--stage", "lofi", "lofi.epochs=1", "--overwrite")
+    assert sorted(p.name for p in stage.glob("*.pt")) == ["best.pt", "encoder.pt", "last.pt", "step-0001-000000.pt"]
+    assert torch.load(stage / "last.pt", weights_only=True)["position"] == {"epoch": 1, "iteration": 0, "done": True}
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert "removed 3 temporary file(s)" in proc.stdout
+
+
 def test_config_error_exits_before_running(tmp_path, tiny_shards):
     proc = train(tmp_path, tiny_shards, "lofi.schedule.r_t=3", check=False)
     assert proc.returncode == 2 and "lofi.schedule.r_t" in proc.stderr

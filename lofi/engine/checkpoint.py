@@ -14,7 +14,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -22,6 +22,16 @@ import torch
 from lofi.atomic import write_with
 
 STEP_RE = re.compile(r"step-(\d{4})-(\d{6})\.pt$")
+
+
+def stage_checkpoints(directory: Union[str, Path]) -> List[Path]:
+    """The checkpoint files a stage wrote into ``directory`` and its subfolders (the head stage's per-lr folders):
+    ``last.pt``, ``best.pt``, step files and ``encoder.pt``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*.pt")
+                  if p.is_file() and (p.name in ("last.pt", "best.pt", "encoder.pt") or STEP_RE.match(p.name)))
 
 
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
