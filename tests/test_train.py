@@ -144,14 +144,51 @@ def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
         cfg = load_config(None, ["lofi.schedule.c_s=16", *overrides], check_paths=False)
         return Context(cfg, DistInfo(), RunLogger(tmp_path / "run", tensorboard=False, progress=False), resume)
     assert resume_state(ctx(None), ckpt, "lofi") is None
-    assert resume_state(ctx("auto", "head.epochs=99", "log.every_iters=3", "data.num_workers=0"), ckpt,
-                        "lofi")["position"]["epoch"] == 1
+    assert resume_state(ctx("auto", "head.epochs=99", "log.every_iters=3"), ckpt, "lofi")["position"]["epoch"] == 1
     with pytest.raises(ConfigError, match=r"lofi.schedule.c_s: 16 -> 1\b.*delete .*lofi"):
         resume_state(ctx("auto", "lofi.schedule.c_s=1"), ckpt, "lofi")
+    with pytest.raises(ConfigError, match=r"data.num_workers: 2 -> 0"):  # the workers shape the sample order
+        resume_state(ctx("auto", "data.num_workers=0"), ckpt, "lofi")
     assert resume_state(ctx(str(ckpt.latest()), "lofi.schedule.c_s=1"), ckpt, "lofi")["position"]["epoch"] == 1
-    assert "warning: resuming" in (tmp_path / "run" / "log.jsonl").read_text()
+    assert "this run applies: lofi.schedule.c_s: 16 -> 1" in (tmp_path / "run" / "log.jsonl").read_text()
     with pytest.raises(ConfigError, match="head.epochs"):  # the head stage depends on every section
         resume_state(ctx("auto", "head.epochs=99"), ckpt, "head")
+
+
+def test_resume_path_applies_changed_epochs_and_optimizer(tmp_path):
+    """--resume PATH with another lr, momentum, StepLR and more epochs: a finished stage goes on training, at the new
+    settings (the lr follows the new StepLR at the restored epoch); a changed optimizer type or fewer epochs than the
+    checkpoint's position are refused."""
+    from lofi.config import ConfigError, to_dict
+    from lofi.engine.checkpoint import Checkpointer
+    from lofi.engine.distributed import DistInfo
+    from lofi.engine.logger import RunLogger
+    from lofi.engine.loop import Trainer
+    from lofi.engine.stages import Context, make_optimizer, run_trainer
+    log = RunLogger(tmp_path / "run", tensorboard=False, progress=False)
+    data = [{"x": torch.randn(4, 3, generator=torch.Generator().manual_seed(i)), "y": torch.ones(4, 1)}
+            for i in range(3)]
+
+    def run(resume, *overrides):
+        cfg = load_config(None, ["lofi.optim={lr: 0.1, momentum: 0.5, step_size: 1, gamma: 0.5}", "lofi.epochs=2",
+                                 *overrides], check_paths=False)
+        model = torch.nn.Linear(3, 1)
+        optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
+        trainer = Trainer(stage="lofi", modules={"model": model}, loader_fn=lambda e: data,
+                          step_fn=lambda b, g: (((model(b["x"]) - b["y"]) ** 2).mean(), {}), optimizer=optimizer,
+                          scheduler=scheduler, epochs=cfg.lofi.epochs, info=DistInfo(), logger=log, seed=0,
+                          checkpointer=Checkpointer(tmp_path / "lofi"), log_every=1, config=to_dict(cfg))
+        return run_trainer(Context(cfg, DistInfo(), log, resume), trainer)
+    run(None)
+    path = str(tmp_path / "lofi" / "last.pt")
+    trainer = run(path, "lofi.epochs=4", "lofi.optim={lr: 0.4, momentum: 0.9, step_size: 2, gamma: 0.1}")
+    assert trainer.state.epoch == 4 and trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    lrs = {r["epoch"]: r["lr"] for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("kind") == "step"}
+    assert lrs[0] == lrs[1] / 0.5 == 0.1 and lrs[2] == lrs[3] == pytest.approx(0.4 * 0.1)  # 0.4 × 0.1^(epoch // 2)
+    with pytest.raises(ConfigError, match=r"lofi.optim.name: 'sgd' -> 'adam'"):
+        run(path, "lofi.epochs=4", "lofi.optim.name=adam")
+    with pytest.raises(ConfigError, match=r"epoch 4, iteration 0, past lofi.epochs=3"):
+        run(path, "lofi.epochs=3")
 
 
 def test_feature_cache_reused_then_rebuilt(tiny_run, tiny_shards):
