@@ -128,6 +128,46 @@ def test_head_resume_after_sigkill_is_exact(tiny_run, tiny_shards, tmp_path):
     assert "head.optim.lr: 0.001 -> 0.5" in proc.stderr and "--resume PATH" in proc.stderr
 
 
+def test_head_resume_path_into_a_new_run_and_per_lr(tiny_run, tiny_shards, tmp_path):
+    """The head stage resumed from another run's checkpoint writes model.pt with that history's best head (it crashed
+    on the missing best.pt); under head.lr_search a --resume PATH resumes only the lr it was trained at, and the other
+    rates start afresh at their own lr."""
+    run_dir, _ = tiny_run
+    common = ["--stage", "head", f"head.cache_dir={run_dir / 'features'}",
+              f"model.weights={run_dir / 'lofi' / 'encoder.pt'}"]
+    train(tmp_path / "a", tiny_shards, *common, "head.epochs=2")
+    a, b = tmp_path / "a" / "demo", tmp_path / "b" / "demo"
+    train(tmp_path / "b", tiny_shards, *common, "head.epochs=2", "--resume", str(a / "head" / "last.pt"))
+    ma, mb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    assert ma["val_average_mAP"] == mb["val_average_mAP"] and all(torch.equal(ma["head"][k], mb["head"][k])
+                                                                  for k in ma["head"])
+    search = ["head.lr_search=[0.001, 0.002]"]
+    train(tmp_path / "c", tiny_shards, *common, *search, "head.epochs=1")
+    proc = train(tmp_path / "d", tiny_shards, *common, *search, "head.epochs=2",
+                 "--resume", str(tmp_path / "c" / "demo" / "head" / "lr0.002" / "last.pt"))
+    fresh, resumed = (torch.load(tmp_path / "d" / "demo" / "head" / f"lr{lr}" / "last.pt", weights_only=True)
+                      for lr in ("0.001", "0.002"))
+    assert fresh["scheduler"]["base_lrs"] == [0.001] and resumed["scheduler"]["base_lrs"] == [0.002]
+    assert proc.stdout.count("[head] resumed at epoch 1") == 1
+    assert [h["epoch"] for h in fresh["extra"]["history"]] == [h["epoch"] for h in resumed["extra"]["history"]] == [1, 2]
+
+
+def test_a_head_is_never_paired_with_another_encoder(tiny_run, tiny_shards, tmp_path):
+    """--stage eval scores model.pt only on the features of the encoder its head was trained on: when the run's
+    encoder changed since (here model.weights; an earlier stage re-run alike), eval is an error, and so is
+    continuing the finished head stage with --resume auto (it would bundle the new encoder with the old head)."""
+    run_dir, _ = tiny_run
+    lofi, acp = (f"model.weights={run_dir / s / 'encoder.pt'}" for s in ("lofi", "acp"))
+    train(tmp_path, tiny_shards, "--stage", "head", lofi, "head.epochs=1")
+    proc = train(tmp_path, tiny_shards, "--stage", "eval", acp, check=False)
+    assert proc.returncode == 2 and "another encoder than the run's current one" in proc.stderr, proc.stderr[-2000:]
+    assert str(run_dir / "acp" / "encoder.pt") in proc.stderr and not (tmp_path / "demo" / "eval").exists()
+    proc = train(tmp_path, tiny_shards, "--stage", "head", "--resume", "auto", acp, "head.epochs=1", check=False)
+    assert proc.returncode == 2 and "head_encoder_sha256" in proc.stderr, proc.stderr[-2000:]
+    proc = train(tmp_path, tiny_shards, "--stage", "eval", lofi)
+    assert "average mAP" in proc.stdout
+
+
 def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
     """A finished lofi stage resumes when only downstream (head) or run-only (log, workers) keys changed; a changed
     LoFi schedule is refused under --resume auto and only warned about with an explicit checkpoint path."""

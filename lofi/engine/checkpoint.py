@@ -81,7 +81,7 @@ def state_hash(state_dict: Dict[str, torch.Tensor]) -> str:
         if torch.is_tensor(t):
             t = t.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(t).encode())
     return h.hexdigest()

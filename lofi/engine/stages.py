@@ -105,8 +105,10 @@ DOWNSTREAM = {"acp": ("acp_plus", "lofi", "head", "postprocess", "eval"),
               "acp+": ("lofi", "head", "postprocess", "eval"), "lofi": ("head", "postprocess", "eval"), "head": ()}
 
 
-def resume_state(ctx: Context, ckpt: Checkpointer, stage: str) -> Optional[Dict[str, Any]]:
-    """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``.
+def resume_state(ctx: Context, ckpt: Checkpointer, stage: str, config: Optional[dict] = None
+                 ) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``. Its saved
+    config is compared with ``config`` (what this run's checkpoints will hold; default: the run's config).
     ``auto`` refuses (ConfigError) a checkpoint written with a config that differs in a key the stage depends on, so
     a finished or half-trained stage is never continued under another recipe; an explicit PATH is taken and the
     changed keys apply from its position on (:func:`run_trainer`), except a changed optimizer type, which cannot
@@ -118,7 +120,8 @@ def resume_state(ctx: Context, ckpt: Checkpointer, stage: str) -> Optional[Dict[
         return None
     state = load(path)
     saved = state.get("config")
-    changes = [] if saved is None else config_changes(saved, to_dict(ctx.cfg), (*RESUME_FREE, *DOWNSTREAM[stage]))
+    changes = [] if saved is None else config_changes(saved, config or to_dict(ctx.cfg),
+                                                      (*RESUME_FREE, *DOWNSTREAM[stage]))
     if changes and ctx.resume == "auto":
         raise ConfigError(f"--resume auto: {path} was written with another config ({'; '.join(changes)}). Start a "
                           f"new run (another name= or work_dir=), delete {ckpt.dir}, or resume from it on "
@@ -188,7 +191,7 @@ def keep_best(source: Path, trainer: Trainer) -> None:
 
 
 def run_trainer(ctx: Context, trainer: Trainer) -> Trainer:
-    state = resume_state(ctx, trainer.ckpt, trainer.stage)
+    state = resume_state(ctx, trainer.ckpt, trainer.stage, trainer.config)
     if state is not None:
         recipe = optimizer_recipe(trainer.optimizer, trainer.scheduler)
         trainer.resume(state)
