@@ -14,6 +14,6 @@ class Payload:
 
 
 def crafted_pt(path: Path, marker: Path, wrap=lambda payload: {"state_dict": {"w": torch.zeros(2)}, "meta": payload}):
-    """Writes ``torch.save(wrap(payload))`` to ``path`` (by default a state dict beside the payload); returns ``path``."""
+    """Writes ``torch.save(wrap(payload))`` to ``path`` (by default: a state dict beside the payload); returns it."""
     torch.save(wrap(Payload(marker)), path)
     return path

@@ -10,7 +10,8 @@ import torch
 
 from lofi.engine import distributed as D
 from crafted import Payload, crafted_pt
-from lofi.engine.checkpoint import Checkpointer, UnsafeFileError, atomic_save, capture_rng, load, restore_rng, state_hash
+from lofi.engine.checkpoint import (Checkpointer, UnsafeFileError, atomic_save, capture_rng, load, restore_rng,
+                                    state_hash)
 from lofi.engine.feature_cache import FeatureCache, FeatureLoader, load_external
 
 

@@ -58,7 +58,8 @@ def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu")
             f"{path} cannot be read safely: torch.load(weights_only=True) refused it ({why.group(1) if why else e}). "
             "A file holding Python objects other than tensors, plain containers and numbers needs full unpickling, "
             "which can run arbitrary code, so it is not loaded. Only if you trust the file, convert it once to a "
-            f"plain state dict: torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'plain.pt')") from None
+            f"plain state dict: torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'plain.pt')"
+        ) from None
     except Exception as e:  # a truncated or foreign file
         raise RuntimeError(f"{path} cannot be read: {e}") from e
 
@@ -91,7 +92,8 @@ def capture_rng() -> Dict[str, Any]:
     """Every RNG state this process uses: Python, NumPy, torch CPU, and each CUDA device. NumPy's key array is stored
     as a tensor, so a checkpoint holds tensors, plain containers and numbers only (``weights_only`` loading)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 

@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from . import distributed as D
 from lofi.config import ConfigError
 
+from . import distributed as D
 from .checkpoint import atomic_save, load, state_hash
 from .feature_cache import Entry, FeatureLoader
 from .plots import plot_curves, plot_timelines
@@ -33,7 +33,7 @@ def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) 
     """The encoder file the eval features come from; it holds exactly ``model.pt``'s encoder (the one its head was
     trained on): the run's frozen-encoder file, so the head stage's feature cache is reused, or, when the run has
     none, model.pt's encoder written to ``eval/encoder.pt``. ConfigError when the run's encoder file holds other
-    weights (an earlier stage re-run since the head stage)."""
+    weights (an earlier stage ran again, or model.weights changed, since the head stage)."""
     cfg = ctx.cfg
     path = encoder_source(ctx, "head")
     if path is None and (ctx.stage_dir("head") / "encoder.pt").is_file():  # the head stage's random encoder
@@ -47,8 +47,9 @@ def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) 
     if bundle["encoder_name"] != cfg.model.encoder or \
             state_hash(make_encoder(cfg, path).state_dict()) != state_hash(bundle["encoder"]):
         raise ConfigError(f"--stage eval: {model_path}'s head was trained on the features of another encoder than "
-                          f"the run's current one, {path} (an earlier stage ran again after the head stage); run the "
-                          "head stage again (--stage head --overwrite) to pair a head with this encoder")
+                          f"the run's current one, {path} (an earlier stage ran again, or model.weights changed, "
+                          "since the head stage); run the head stage again (--stage head --overwrite) to pair a "
+                          "head with this encoder")
     return path
 
 

@@ -170,14 +170,14 @@ def apply_recipe(optimizer, scheduler, recipe: Tuple[List[Dict[str, Any]], Dict[
 def keep_best(source: Path, trainer: Trainer) -> None:
     """After resuming from ``source``, makes the stage's ``best.pt`` the checkpoint of the best epoch up to that
     position (resumed into another directory, or from an earlier checkpoint, the directory's best.pt is missing or
-    belongs to another history): the end of that epoch is ``source`` itself, its folder's best.pt, or a step file
-    there. ConfigError when none of them is."""
+    belongs to another history): the end of that epoch is ``source``'s folder's best.pt, ``source`` itself, or a step
+    file there. ConfigError when none of them is."""
     best = trainer.state.best
     if best is None:  # no validation yet: the first one after resuming writes best.pt
         return
     epoch = next(h["epoch"] for h in trainer.state.history if h.get(trainer.select) == best)
     target = trainer.ckpt.dir / "best.pt"
-    for candidate in (source, source.parent / "best.pt", source.parent / f"step-{epoch:04d}-000000.pt"):
+    for candidate in (source.parent / "best.pt", source, source.parent / f"step-{epoch:04d}-000000.pt"):
         if candidate.is_file():
             state = load(candidate)
             if state["position"]["epoch"] == epoch and state["position"]["iteration"] == 0 \
