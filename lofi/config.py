@@ -22,8 +22,8 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 STAGES = ("acp", "acp+", "lofi", "head", "eval")
 # Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
-RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.num_workers", "data.synthetic.build",
-               "checkpoint", "log", "dist", "data.max_corrupt_fraction")
+RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.synthetic.build", "checkpoint", "log",
+               "dist", "data.max_corrupt_fraction")
 BatchSize = Union[int, Literal["auto"]]
 
 

@@ -27,6 +27,7 @@ from lofi.data.backend_cpu import load_snippets, stream_index
 from lofi.data.reader import CorruptSample
 from lofi.data.sampling import snippet_frame_indices, snippet_times
 from lofi.data.spatial import crop_params
+from lofi.engine.checkpoint import UnsafeFileError
 from lofi.engine.plots import plot_timelines
 from lofi.engine.report import load_head
 from lofi.models import build_encoder
@@ -146,7 +147,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lofi.infer: --window must be > 0 seconds, got {args.window}", file=sys.stderr)
         return 2
     try:
-        result = Detector(args.checkpoint, args.device)(args.video, args.window)
+        detector = Detector(args.checkpoint, args.device)
+    except UnsafeFileError as e:
+        print(f"lofi.infer: --checkpoint: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = detector(args.video, args.window)
     except ValueError as e:  # an unreadable or damaged video
         print(f"lofi.infer: {e}", file=sys.stderr)
         return 1

@@ -1,10 +1,11 @@
-"""Training entry point: ``torchrun --nproc_per_node N -m lofi.train [--config CFG] [--stage S] [--resume [auto|PATH]]
-[key=value ...]``; plain ``python -m lofi.train`` runs one process. With no ``--config`` the demo runs (building the
-synthetic shards first when they are missing).
+"""Training entry point: ``torchrun --nproc_per_node N -m lofi.train [--config CFG] [--stage S]
+[--resume [auto|PATH] | --overwrite] [key=value ...]``; plain ``python -m lofi.train`` runs one process. With no
+``--config`` the demo runs (building the synthetic shards first when they are missing).
 
 Stages: acp, acp+ (classification), lofi (end to end at low fidelity), head (frozen encoder, full-fidelity
 features), eval, or ``all`` = the config's ``stages`` in order, each reading the previous one's output.
-Everything is written under ``work_dirs/NAME/``.
+Everything is written under ``work_dirs/NAME/``. A stage that holds an earlier run's checkpoints is continued
+(``--resume``) or started afresh (``--overwrite``), never silently overwritten.
 """
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from typing import List, Optional, Sequence
 import torch
 import yaml
 
+from lofi.atomic import remove_stale_temps
 from lofi.config import STAGES, Config, ConfigError, load_config, stage_key, to_dict
 from lofi.data import CorruptLimitError
 
 from .engine import distributed as D
+from .engine.checkpoint import UnsafeFileError, stage_checkpoints
 from .engine.logger import RunLogger, read_log
 from .engine.stages import Context, run_classification, run_head, run_lofi
 
@@ -31,8 +34,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (default: lofi/configs/demo.yaml)")
     p.add_argument("--stage", default="all", choices=[*STAGES, "all"], help="the stage to run (default: all)")
-    p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint of each stage (auto, the default value), or from PATH")
+    fresh = p.add_mutually_exclusive_group()
+    fresh.add_argument("--resume", nargs="?", const="auto", default=None,
+                       help="continue from the latest checkpoint of each stage (auto, the default value), or from PATH")
+    fresh.add_argument("--overwrite", action="store_true",
+                       help="start the stages afresh over an earlier run's checkpoints (deletes them first; without "
+                            "this or --resume, a stage that holds checkpoints is refused)")
     p.add_argument("--print-config", action="store_true",
                    help="validate the config with its overrides, print the resolved YAML and exit")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. lofi.epochs=3 data.num_workers=0")
@@ -80,11 +87,45 @@ def stage_throughput(log_path: Path, stage: str) -> Optional[float]:
     return sum(rates) / len(rates) if rates else None
 
 
-def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo) -> Optional[dict]:
+def claim_stage_dirs(cfg: Config, stages: Sequence[str], resume: Optional[str], overwrite: bool,
+                     is_main: bool) -> List[str]:
+    """Before any stage runs: refuses (ConfigError) to start a stage afresh over an earlier run's checkpoints unless
+    ``resume`` continues them or ``overwrite`` deletes them first (the head stage's ``model.pt`` with them); removes
+    the temporary files killed saves left in the run's stage folders. Files are removed on rank 0 only. Returns
+    what it did, to log."""
+    stage_dir = {s: cfg.run_dir / stage_key(s) for s in STAGES}
+    held = {s: found for s in stages if s != "eval" and resume is None and (found := stage_checkpoints(stage_dir[s]))}
+    if held and not overwrite:
+        raise ConfigError("; ".join(f"--stage {s}: {stage_dir[s]} holds checkpoints of an earlier run "
+                                    f"({', '.join(str(p.relative_to(stage_dir[s])) for p in found)})"
+                                    for s, found in held.items())
+                          + ". Continue them with --resume auto, or start afresh with --overwrite (deletes them)")
+    if not is_main:
+        return []
+    notes = []
+    if overwrite:
+        doomed = [p for found in held.values() for p in found] + [cfg.run_dir / "model.pt"] * ("head" in stages)
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        notes += [f"--overwrite: deleted the earlier checkpoints of {', '.join(held)}"] if held else []
+    folders = [cfg.run_dir, *stage_dir.values()]
+    folders += [sub for f in folders[1:] if f.is_dir() for sub in f.iterdir() if sub.is_dir()]
+    stale = [p for f in folders for p in remove_stale_temps(f)]
+    if stale:
+        notes.append(f"removed {len(stale)} temporary file(s) that interrupted saves left: "
+                     f"{', '.join(str(p) for p in stale)}")
+    return notes
+
+
+def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo, overwrite: bool = False
+        ) -> Optional[dict]:
     """Runs ``stages`` in order; returns the eval metrics (rank 0) when eval ran."""
     from .engine.report import run_eval
+    notes = claim_stage_dirs(cfg, stages, resume, overwrite, info.is_main)
     log = RunLogger(cfg.run_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
     ctx = Context(cfg, info, log, resume)
+    for note in notes:
+        log.info(note)
     if info.is_main:
         (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if cfg.data.synthetic.build:
@@ -140,8 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = D.init(cfg.device, cfg.dist.timeout_s)
     set_determinism(cfg, info.device)
     try:
-        run(cfg, list(cfg.stages if stages is None else stages), args.resume, info)
-    except ConfigError as e:
+        run(cfg, list(cfg.stages if stages is None else stages), args.resume, info, args.overwrite)
+    except (ConfigError, UnsafeFileError) as e:
         if info.is_main:
             print(f"lofi.train: {e}", file=sys.stderr)
         return 2

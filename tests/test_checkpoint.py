@@ -1,5 +1,6 @@
 """Atomic checkpoint writes, retention, RNG capture, and the feature cache (reuse, invalidation, external formats)."""
 import json
+import pickle
 import random
 
 import h5py
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from lofi.engine import distributed as D
-from lofi.engine.checkpoint import Checkpointer, atomic_save, capture_rng, load, restore_rng, state_hash
+from crafted import Payload, crafted_pt
+from lofi.engine.checkpoint import (Checkpointer, UnsafeFileError, atomic_save, capture_rng, load, restore_rng,
+                                    state_hash)
 from lofi.engine.feature_cache import FeatureCache, FeatureLoader, load_external
 
 
@@ -32,6 +35,38 @@ def test_load_names_a_corrupt_file(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="x.pt cannot be read"):
         load(tmp_path / "x.pt")
+
+
+def test_load_refuses_a_file_that_needs_unpickling(tmp_path):
+    marker = tmp_path / "ran"
+    files = [crafted_pt(tmp_path / "weights.pth", marker),
+             crafted_pt(tmp_path / "last.pt", marker, lambda p: {"models": {"model": p}, "position": {"epoch": 1}})]
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps({"w": 1, "x": Payload(marker)}))  # a plain pickle, not a zip
+    for path in (*files, tmp_path / "raw.pkl"):
+        with pytest.raises(UnsafeFileError, match=rf"{path} cannot be read safely.*can run arbitrary code"):
+            load(path)
+        assert not marker.exists(), path
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    """A real checkpoint (SGD momentum, StepLR, scaler, every RNG, a config) reads back with weights_only=True, and
+    its RNG states restore exactly."""
+    from lofi.config import load_config, to_dict
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    np.random.randn()  # NumPy's cached Gaussian is part of its state
+    ck = Checkpointer(tmp_path)
+    ck.save(ck.state({"m": model}, opt, sched, torch.amp.GradScaler("cpu", enabled=False), epoch=1, iteration=0,
+                     config=to_dict(load_config(None, [], check_paths=False)), extra={"history": [{"epoch": 1}]}))
+    expected = (random.random(), np.random.randn(3), torch.rand(2))
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    restore_rng(state["rng"])
+    assert expected[0] == random.random() and (expected[1] == np.random.randn(3)).all()
+    assert torch.equal(expected[2], torch.rand(2))
 
 
 def test_retention_and_best(tmp_path):

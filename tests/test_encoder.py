@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from crafted import crafted_pt
+from lofi.engine.checkpoint import UnsafeFileError
 from lofi.models import ClipClassifier, GTAD, build_encoder, convert_mmaction2_tsm, gtad_loss, build_targets
 from lofi.models.encoder import temporal_shift
 from lofi.models.weights import load_encoder_weights
@@ -140,6 +142,15 @@ def test_weight_files(tmp_path):
         build_encoder("r2plus1d_18", weights=str(tmp_path / "r2.pth"))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_encoder("tsm_r18", weights=str(tmp_path / "nope.pth"))
+
+
+def test_weight_file_that_needs_unpickling_is_refused(tmp_path):
+    """model.weights is read with weights_only=True: a crafted file never runs its code; the error names it."""
+    marker = tmp_path / "ran"
+    path = crafted_pt(tmp_path / "evil.pth", marker)
+    with pytest.raises(UnsafeFileError, match=rf"{path} cannot be read safely"):
+        build_encoder("tsm_r18", weights=str(path))
+    assert not marker.exists()
 
 
 def to_mmaction2(tv_state):

@@ -12,6 +12,7 @@ import torch
 
 from lofi.config import load_config  # noqa: E402
 from lofi.engine.logger import read_log  # noqa: E402
+from crafted import crafted_pt
 from subproc import child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,47 @@ def test_head_resume_after_sigkill_is_exact(tiny_run, tiny_shards, tmp_path):
     assert "head.optim.lr: 0.001 -> 0.5" in proc.stderr and "--resume PATH" in proc.stderr
 
 
+def test_head_resume_path_into_a_new_run_and_per_lr(tiny_run, tiny_shards, tmp_path):
+    """The head stage resumed from another run's checkpoint writes model.pt with that history's best head (it crashed
+    on the missing best.pt); under head.lr_search a --resume PATH resumes only the lr it was trained at, and the other
+    rates start afresh at their own lr."""
+    run_dir, _ = tiny_run
+    common = ["--stage", "head", f"head.cache_dir={run_dir / 'features'}",
+              f"model.weights={run_dir / 'lofi' / 'encoder.pt'}"]
+    train(tmp_path / "a", tiny_shards, *common, "head.epochs=2")
+    a, b = tmp_path / "a" / "demo", tmp_path / "b" / "demo"
+    train(tmp_path / "b", tiny_shards, *common, "head.epochs=2", "--resume", str(a / "head" / "last.pt"))
+    ma, mb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    assert ma["val_average_mAP"] == mb["val_average_mAP"] and all(torch.equal(ma["head"][k], mb["head"][k])
+                                                                  for k in ma["head"])
+    search = ["head.lr_search=[0.001, 0.002]"]
+    train(tmp_path / "c", tiny_shards, *common, *search, "head.epochs=1")
+    proc = train(tmp_path / "d", tiny_shards, *common, *search, "head.epochs=2",
+                 "--resume", str(tmp_path / "c" / "demo" / "head" / "lr0.002" / "last.pt"))
+    fresh, resumed = (torch.load(tmp_path / "d" / "demo" / "head" / f"lr{lr}" / "last.pt", weights_only=True)
+                      for lr in ("0.001", "0.002"))
+    assert fresh["scheduler"]["base_lrs"] == [0.001] and resumed["scheduler"]["base_lrs"] == [0.002]
+    assert proc.stdout.count("[head] resumed at epoch 1") == 1
+    assert [h["epoch"] for h in fresh["extra"]["history"]] == [1, 2]  # both epochs trained here
+    assert [h["epoch"] for h in resumed["extra"]["history"]] == [1, 2]
+
+
+def test_a_head_is_never_paired_with_another_encoder(tiny_run, tiny_shards, tmp_path):
+    """--stage eval scores model.pt only on the features of the encoder its head was trained on: when the run's
+    encoder changed since (here model.weights; an earlier stage re-run alike), eval is an error, and so is
+    continuing the finished head stage with --resume auto (it would bundle the new encoder with the old head)."""
+    run_dir, _ = tiny_run
+    lofi, acp = (f"model.weights={run_dir / s / 'encoder.pt'}" for s in ("lofi", "acp"))
+    train(tmp_path, tiny_shards, "--stage", "head", lofi, "head.epochs=1")
+    proc = train(tmp_path, tiny_shards, "--stage", "eval", acp, check=False)
+    assert proc.returncode == 2 and "another encoder than the run's current one" in proc.stderr, proc.stderr[-2000:]
+    assert str(run_dir / "acp" / "encoder.pt") in proc.stderr and not (tmp_path / "demo" / "eval").exists()
+    proc = train(tmp_path, tiny_shards, "--stage", "head", "--resume", "auto", acp, "head.epochs=1", check=False)
+    assert proc.returncode == 2 and "head_encoder_sha256" in proc.stderr, proc.stderr[-2000:]
+    proc = train(tmp_path, tiny_shards, "--stage", "eval", lofi)
+    assert "average mAP" in proc.stdout
+
+
 def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
     """A finished lofi stage resumes when only downstream (head) or run-only (log, workers) keys changed; a changed
     LoFi schedule is refused under --resume auto and only warned about with an explicit checkpoint path."""
@@ -143,14 +185,51 @@ def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
         cfg = load_config(None, ["lofi.schedule.c_s=16", *overrides], check_paths=False)
         return Context(cfg, DistInfo(), RunLogger(tmp_path / "run", tensorboard=False, progress=False), resume)
     assert resume_state(ctx(None), ckpt, "lofi") is None
-    assert resume_state(ctx("auto", "head.epochs=99", "log.every_iters=3", "data.num_workers=0"), ckpt,
-                        "lofi")["position"]["epoch"] == 1
+    assert resume_state(ctx("auto", "head.epochs=99", "log.every_iters=3"), ckpt, "lofi")["position"]["epoch"] == 1
     with pytest.raises(ConfigError, match=r"lofi.schedule.c_s: 16 -> 1\b.*delete .*lofi"):
         resume_state(ctx("auto", "lofi.schedule.c_s=1"), ckpt, "lofi")
+    with pytest.raises(ConfigError, match=r"data.num_workers: 2 -> 0"):  # the workers shape the sample order
+        resume_state(ctx("auto", "data.num_workers=0"), ckpt, "lofi")
     assert resume_state(ctx(str(ckpt.latest()), "lofi.schedule.c_s=1"), ckpt, "lofi")["position"]["epoch"] == 1
-    assert "warning: resuming" in (tmp_path / "run" / "log.jsonl").read_text()
+    assert "this run applies: lofi.schedule.c_s: 16 -> 1" in (tmp_path / "run" / "log.jsonl").read_text()
     with pytest.raises(ConfigError, match="head.epochs"):  # the head stage depends on every section
         resume_state(ctx("auto", "head.epochs=99"), ckpt, "head")
+
+
+def test_resume_path_applies_changed_epochs_and_optimizer(tmp_path):
+    """--resume PATH with another lr, momentum, StepLR and more epochs: a finished stage goes on training, at the new
+    settings (the lr follows the new StepLR at the restored epoch); a changed optimizer type or fewer epochs than the
+    checkpoint's position are refused."""
+    from lofi.config import ConfigError, to_dict
+    from lofi.engine.checkpoint import Checkpointer
+    from lofi.engine.distributed import DistInfo
+    from lofi.engine.logger import RunLogger
+    from lofi.engine.loop import Trainer
+    from lofi.engine.stages import Context, make_optimizer, run_trainer
+    log = RunLogger(tmp_path / "run", tensorboard=False, progress=False)
+    data = [{"x": torch.randn(4, 3, generator=torch.Generator().manual_seed(i)), "y": torch.ones(4, 1)}
+            for i in range(3)]
+
+    def run(resume, *overrides):
+        cfg = load_config(None, ["lofi.optim={lr: 0.1, momentum: 0.5, step_size: 1, gamma: 0.5}", "lofi.epochs=2",
+                                 *overrides], check_paths=False)
+        model = torch.nn.Linear(3, 1)
+        optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
+        trainer = Trainer(stage="lofi", modules={"model": model}, loader_fn=lambda e: data,
+                          step_fn=lambda b, g: (((model(b["x"]) - b["y"]) ** 2).mean(), {}), optimizer=optimizer,
+                          scheduler=scheduler, epochs=cfg.lofi.epochs, info=DistInfo(), logger=log, seed=0,
+                          checkpointer=Checkpointer(tmp_path / "lofi"), log_every=1, config=to_dict(cfg))
+        return run_trainer(Context(cfg, DistInfo(), log, resume), trainer)
+    run(None)
+    path = str(tmp_path / "lofi" / "last.pt")
+    trainer = run(path, "lofi.epochs=4", "lofi.optim={lr: 0.4, momentum: 0.9, step_size: 2, gamma: 0.1}")
+    assert trainer.state.epoch == 4 and trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    lrs = {r["epoch"]: r["lr"] for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("kind") == "step"}
+    assert lrs[0] == lrs[1] / 0.5 == 0.1 and lrs[2] == lrs[3] == pytest.approx(0.4 * 0.1)  # 0.4 × 0.1^(epoch // 2)
+    with pytest.raises(ConfigError, match=r"lofi.optim.name: 'sgd' -> 'adam'"):
+        run(path, "lofi.epochs=4", "lofi.optim.name=adam")
+    with pytest.raises(ConfigError, match=r"epoch 4, iteration 0, past lofi.epochs=3"):
+        run(path, "lofi.epochs=3")
 
 
 def test_feature_cache_reused_then_rebuilt(tiny_run, tiny_shards):
@@ -213,10 +292,53 @@ def test_torchrun_max_restarts_resumes_a_killed_worker(tiny_run, tiny_shards, tm
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_stage_with_checkpoints_is_never_overwritten_silently(tiny_shards, tmp_path):
+    """Re-running a stage without --resume is refused (the error names --resume auto and --overwrite) and touches
+    nothing; --overwrite deletes the earlier checkpoints first, so no old step file survives beside the new ones; the
+    temporary files that killed saves left in the run's folders are removed at the start, and nothing else."""
+    stage = tmp_path / "demo" / "lofi"
+    stage.mkdir(parents=True)
+    old = {name: f"earlier run {name}".encode() for name in ("last.pt", "best.pt", "step-0009-000000.pt", "encoder.pt")}
+    for name, data in old.items():
+        (stage / name).write_bytes(data)
+    stale = [stage / ".last.pt.k2x_9abc.tmp", stage / ".step-0000-000001.pt.abcdefgh.tmp",
+             tmp_path / "demo" / ".model.pt.12345678.tmp"]
+    kept = [stage / "notes.tmp", stage / ".last.pt.tmp", tmp_path / "demo" / "features" / ".index.json.abcdefgh.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    proc = train(tmp_path, tiny_shards, "--stage", "lofi", "lofi.epochs=1", check=False)
+    assert proc.returncode == 2 and "--resume auto" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr
+    assert all((stage / n).read_bytes() == data for n, data in old.items())
+    proc = train(tmp_path, tiny_shards, "--stage", "lofi", "lofi.epochs=1", "--overwrite")
+    assert sorted(p.name for p in stage.glob("*.pt")) == ["best.pt", "encoder.pt", "last.pt", "step-0001-000000.pt"]
+    assert torch.load(stage / "last.pt", weights_only=True)["position"] == {"epoch": 1, "iteration": 0, "done": True}
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert "removed 3 temporary file(s)" in proc.stdout
+
+
 def test_config_error_exits_before_running(tmp_path, tiny_shards):
     proc = train(tmp_path, tiny_shards, "lofi.schedule.r_t=3", check=False)
     assert proc.returncode == 2 and "lofi.schedule.r_t" in proc.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_files_that_need_unpickling_are_refused(tiny_shards, tmp_path, capsys):
+    """--resume FILE, lofi.infer --checkpoint FILE and extract_features --encoder FILE read with weights_only=True: a
+    crafted file never runs its code (the marker stays absent) and the command exits 2 naming the file."""
+    from lofi.infer import main as infer
+    marker = tmp_path / "ran"
+    evil = crafted_pt(tmp_path / "evil.pt", marker, lambda p: {"models": {"model": p}, "position": {"epoch": 0}})
+    proc = train(tmp_path / "w", tiny_shards, "--stage", "lofi", "--resume", str(evil), check=False)
+    assert proc.returncode == 2 and f"{evil} cannot be read safely" in proc.stderr, proc.stderr[-2000:]
+    cmd = [sys.executable, str(REPO / "tools" / "extract_features.py"), "--encoder", str(evil),
+           f"data.shards={tiny_shards}", f"work_dir={tmp_path / 'x'}", "data.synthetic.build=false", *TINY]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and f"--encoder: {evil} cannot be read safely" in proc.stderr, proc.stderr[-2000:]
+    assert infer(["--checkpoint", str(evil), "--video", str(evil), "--out", str(tmp_path / "o")]) == 2
+    assert f"--checkpoint: {evil} cannot be read safely" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_infer_on_real_video(tiny_run, shared_data, tmp_path):

@@ -19,6 +19,7 @@ from lofi.atomic import write_with  # noqa: E402
 from lofi.config import ConfigError, load_config  # noqa: E402
 from lofi.data import CorruptLimitError  # noqa: E402
 from lofi.engine import distributed as D  # noqa: E402
+from lofi.engine.checkpoint import UnsafeFileError  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
 from lofi.engine.stages import Context, subset_features  # noqa: E402
 from lofi.filenames import video_path  # noqa: E402
@@ -74,6 +75,9 @@ def main() -> int:
     except CorruptLimitError as e:
         print(f"extract_features: {e}", file=sys.stderr)
         return 1
+    except UnsafeFileError as e:
+        print(f"extract_features: --encoder: {e}", file=sys.stderr)
+        return 2
     finally:
         log.close()
         D.shutdown()

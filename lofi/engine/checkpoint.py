@@ -4,15 +4,17 @@ A checkpoint is a dict: ``models`` (name → state dict), ``optimizer``, ``sched
 NumPy, torch CPU and every CUDA device), ``position`` ({epoch, iteration, done}: the next optimizer step to run;
 this is also the LoFi schedule's position, since the schedule is a pure function of it), ``config`` and ``extra``.
 Files in a stage directory: ``step-EEEE-IIIIII.pt`` (the newest ``keep`` are kept), ``last.pt`` and ``best.pt``.
-Each write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target.
+Each write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target. Every file is
+read back with ``torch.load(weights_only=True)`` (:func:`load`): a checkpoint is tensors, plain containers and numbers.
 """
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -22,20 +24,44 @@ from lofi.atomic import write_with
 STEP_RE = re.compile(r"step-(\d{4})-(\d{6})\.pt$")
 
 
+def stage_checkpoints(directory: Union[str, Path]) -> List[Path]:
+    """The checkpoint files a stage wrote into ``directory`` and its subfolders (the head stage's per-lr folders):
+    ``last.pt``, ``best.pt``, step files and ``encoder.pt``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.rglob("*.pt")
+                  if p.is_file() and (p.name in ("last.pt", "best.pt", "encoder.pt") or STEP_RE.match(p.name)))
+
+
 def atomic_save(obj: Any, path: Union[str, Path]) -> Path:
     """torch.save to a temporary file beside ``path``, fsync, rename (never a half-written ``path``)."""
     return write_with(path, lambda f: torch.save(obj, f))
 
 
-def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """A checkpoint written by :func:`atomic_save` (our own files: full unpickling, RNG states included)."""
+class UnsafeFileError(RuntimeError):
+    """A file that only full unpickling could read (unpickling can run arbitrary code), refused."""
+
+
+def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> Any:
+    """A file written by ``torch.save`` (a checkpoint, ``encoder.pt``, ``model.pt``, third-party weights), read with
+    ``weights_only=True``: tensors, plain containers, strings and numbers only, so a crafted file cannot run code.
+    A file holding any other Python object is refused with :class:`UnsafeFileError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = re.search(r"WeightsUnpickler error:\s*([^\n]+?)(?:\. Please|\n|$)", str(e))
+        raise UnsafeFileError(
+            f"{path} cannot be read safely: torch.load(weights_only=True) refused it ({why.group(1) if why else e}). "
+            "A file holding Python objects other than tensors, plain containers and numbers needs full unpickling, "
+            "which can run arbitrary code, so it is not loaded. Only if you trust the file, convert it once to a "
+            f"plain state dict: torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'plain.pt')"
+        ) from None
     except Exception as e:  # a truncated or foreign file
-        raise RuntimeError(f"checkpoint {path} cannot be read: {e}") from e
+        raise RuntimeError(f"{path} cannot be read: {e}") from e
 
 
 def file_hash(path: Union[str, Path], chunk: int = 1 << 20) -> str:
@@ -56,21 +82,26 @@ def state_hash(state_dict: Dict[str, torch.Tensor]) -> str:
         if torch.is_tensor(t):
             t = t.detach().cpu().contiguous()
             h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:
             h.update(repr(t).encode())
     return h.hexdigest()
 
 
 def capture_rng() -> Dict[str, Any]:
-    """Every RNG state this process uses: Python, NumPy, torch CPU, and each CUDA device."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG state this process uses: Python, NumPy, torch CPU, and each CUDA device. NumPy's key array is stored
+    as a tensor, so a checkpoint holds tensors, plain containers and numbers only (``weights_only`` loading)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def restore_rng(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

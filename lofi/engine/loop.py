@@ -158,7 +158,7 @@ class Trainer:
         self.state = LoopState(pos["epoch"], pos["iteration"], extra.get("global_step", 0), extra.get("best"),
                                list(extra.get("history", [])))
         self.guard.skipped = extra.get("skipped_steps", 0)
-        self._done = bool(pos.get("done"))
+        self._done = pos["epoch"] >= self.epochs  # a finished checkpoint continues when epochs grew
 
     # ----------------------------------------------------------------------------------------------- loop
     def _autocast(self):

@@ -12,11 +12,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from lofi.config import ConfigError
+
 from . import distributed as D
-from .checkpoint import load
+from .checkpoint import atomic_save, load, state_hash
 from .feature_cache import Entry, FeatureLoader
 from .plots import plot_curves, plot_timelines
-from .stages import Context, HeadModel, frozen_encoder_file, gt_database, predict, subset_features
+from .stages import Context, HeadModel, encoder_source, gt_database, make_encoder, predict, subset_features
 
 
 def load_head(path: Path, device: torch.device) -> tuple[HeadModel, Dict[str, Any]]:
@@ -25,6 +27,30 @@ def load_head(path: Path, device: torch.device) -> tuple[HeadModel, Dict[str, An
     model = HeadModel(bundle["in_dim"], len(bundle["classes"]), bundle["config"]["model"]["gtad_fused"])
     model.load_state_dict(bundle["head"])
     return model.to(device).eval(), bundle
+
+
+def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) -> str:
+    """The encoder file the eval features come from; it holds exactly ``model.pt``'s encoder (the one its head was
+    trained on): the run's frozen-encoder file, so the head stage's feature cache is reused, or, when the run has
+    none, model.pt's encoder written to ``eval/encoder.pt``. ConfigError when the run's encoder file holds other
+    weights (an earlier stage ran again, or model.weights changed, since the head stage)."""
+    cfg = ctx.cfg
+    path = encoder_source(ctx, "head")
+    if path is None and (ctx.stage_dir("head") / "encoder.pt").is_file():  # the head stage's random encoder
+        path = str(ctx.stage_dir("head") / "encoder.pt")
+    if path is None:
+        path = str(ctx.stage_dir("eval") / "encoder.pt")
+        if ctx.info.is_main:
+            atomic_save(bundle["encoder"], path)
+        D.barrier()
+        return path
+    if bundle["encoder_name"] != cfg.model.encoder or \
+            state_hash(make_encoder(cfg, path).state_dict()) != state_hash(bundle["encoder"]):
+        raise ConfigError(f"--stage eval: {model_path}'s head was trained on the features of another encoder than "
+                          f"the run's current one, {path} (an earlier stage ran again, or model.weights changed, "
+                          "since the head stage); run the head stage again (--stage head --overwrite) to pair a "
+                          "head with this encoder")
+    return path
 
 
 def random_detections(entries: Dict[str, Entry], class_scores: Dict[str, List[float]], classes: List[str],
@@ -59,8 +85,9 @@ def run_eval(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[s
     from lofi.atomic import write_json
     from lofi.postprocess import result_json
     cfg, info = ctx.cfg, ctx.info
-    model, bundle = load_head(model_path or ctx.run_dir / "model.pt", info.device)
-    val = subset_features(ctx, cfg.data.val_subset, frozen_encoder_file(ctx))
+    model_path = model_path or ctx.run_dir / "model.pt"
+    model, bundle = load_head(model_path, info.device)
+    val = subset_features(ctx, cfg.data.val_subset, bundle_encoder_file(ctx, bundle, model_path))
     result = predict(model, val, ctx, bundle["classes"])
     if not info.is_main:
         D.barrier()

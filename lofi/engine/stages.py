@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -107,11 +107,14 @@ DOWNSTREAM = {"acp": ("acp_plus", "lofi", "head", "postprocess", "eval"),
               "acp+": ("lofi", "head", "postprocess", "eval"), "lofi": ("head", "postprocess", "eval"), "head": ()}
 
 
-def resume_state(ctx: Context, ckpt: Checkpointer, stage: str) -> Optional[Dict[str, Any]]:
-    """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``.
+def resume_state(ctx: Context, ckpt: Checkpointer, stage: str, config: Optional[dict] = None
+                 ) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``. Its saved
+    config is compared with ``config`` (what this run's checkpoints will hold; default: the run's config).
     ``auto`` refuses (ConfigError) a checkpoint written with a config that differs in a key the stage depends on, so
-    a finished or half-trained stage is never continued under another recipe; an explicit PATH is taken, with a
-    warning listing the differences."""
+    a finished or half-trained stage is never continued under another recipe; an explicit PATH is taken and the
+    changed keys apply from its position on (:func:`run_trainer`), except a changed optimizer type, which cannot
+    (ConfigError)."""
     if ctx.resume is None:
         return None
     path = ckpt.latest() if ctx.resume == "auto" else Path(ctx.resume)
@@ -119,20 +122,90 @@ def resume_state(ctx: Context, ckpt: Checkpointer, stage: str) -> Optional[Dict[
         return None
     state = load(path)
     saved = state.get("config")
-    changes = [] if saved is None else config_changes(saved, to_dict(ctx.cfg), (*RESUME_FREE, *DOWNSTREAM[stage]))
+    changes = [] if saved is None else config_changes(saved, config or to_dict(ctx.cfg),
+                                                      (*RESUME_FREE, *DOWNSTREAM[stage]))
     if changes and ctx.resume == "auto":
         raise ConfigError(f"--resume auto: {path} was written with another config ({'; '.join(changes)}). Start a "
                           f"new run (another name= or work_dir=), delete {ckpt.dir}, or resume from it on "
                           "purpose with --resume PATH")
+    fixed = [c for c in changes if c.startswith(f"{stage_key(stage)}.optim.name:")]
+    if fixed:
+        raise ConfigError(f"--resume {path}: {'; '.join(fixed)} cannot apply to a resumed optimizer; keep the "
+                          "checkpoint's value, or start the stage afresh with --overwrite")
     if changes:
-        ctx.log.info(f"[{stage}] warning: resuming {path}, written with another config: {'; '.join(changes)}")
+        ctx.log.info(f"[{stage}] resuming {path}, written with another config; from its position on, this run "
+                     f"applies: {'; '.join(changes)}"
+                     + ("" if stage == "head" or not any(c.startswith("model.weights:") for c in changes) else
+                        " (model.weights only initializes a stage: the checkpoint's weights replace it)"))
     return state
 
 
+def optimizer_recipe(optimizer, scheduler) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    """(each param group's hyperparameters but its current lr, the StepLR's step_size/gamma/base_lrs)."""
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+    return groups, {"step_size": scheduler.step_size, "gamma": scheduler.gamma, "base_lrs": list(scheduler.base_lrs)}
+
+
+def apply_recipe(optimizer, scheduler, recipe: Tuple[List[Dict[str, Any]], Dict[str, Any]]) -> List[str]:
+    """Puts ``recipe`` (:func:`optimizer_recipe` of this run's fresh optimizer) over what a checkpoint restored, only
+    where they differ (so a resume under the same recipe stays bit-exact): every param-group hyperparameter, the
+    StepLR's step size, gamma and base lr, the current lr then following StepLR at the restored epoch.
+    Returns ``"name: old -> new"`` for each value changed."""
+    groups, sched = recipe
+    applied = []
+    for group, want in zip(optimizer.param_groups, groups):
+        for key, value in want.items():
+            if group.get(key) != value:
+                applied.append(f"{key}: {group.get(key)!r} -> {value!r}")
+                group[key] = value
+    changed = {key: value for key, value in sched.items() if getattr(scheduler, key) != value}
+    for key, value in changed.items():
+        applied.append(f"{key}: {getattr(scheduler, key)!r} -> {value!r}")
+        setattr(scheduler, key, value)
+    if changed:
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["initial_lr"] = base
+            group["lr"] = base * scheduler.gamma ** (scheduler.last_epoch // scheduler.step_size)
+    return applied
+
+
+def keep_best(source: Path, trainer: Trainer) -> None:
+    """After resuming from ``source``, makes the stage's ``best.pt`` the checkpoint of the best epoch up to that
+    position (resumed into another directory, or from an earlier checkpoint, the directory's best.pt is missing or
+    belongs to another history): the end of that epoch is ``source``'s folder's best.pt, ``source`` itself, or a step
+    file there. ConfigError when none of them is."""
+    best = trainer.state.best
+    if best is None:  # no validation yet: the first one after resuming writes best.pt
+        return
+    epoch = next(h["epoch"] for h in trainer.state.history if h.get(trainer.select) == best)
+    target = trainer.ckpt.dir / "best.pt"
+    for candidate in (source.parent / "best.pt", source, source.parent / f"step-{epoch:04d}-000000.pt"):
+        if candidate.is_file():
+            state = load(candidate)
+            if state["position"]["epoch"] == epoch and state["position"]["iteration"] == 0 \
+                    and state.get("extra", {}).get("best") == best:
+                if trainer.ckpt.enabled and candidate.resolve() != target.resolve():
+                    atomic_save(state, target)
+                return
+    raise ConfigError(f"--resume {source}: the checkpoint of its best epoch ({epoch}, {trainer.select} {best:.4f}) "
+                      f"is neither {source.parent / 'best.pt'} nor a step file there, so the stage could not pick "
+                      "its best model; resume from a checkpoint whose folder holds it")
+
+
 def run_trainer(ctx: Context, trainer: Trainer) -> Trainer:
-    state = resume_state(ctx, trainer.ckpt, trainer.stage)
+    state = resume_state(ctx, trainer.ckpt, trainer.stage, trainer.config)
     if state is not None:
+        recipe = optimizer_recipe(trainer.optimizer, trainer.scheduler)
         trainer.resume(state)
+        if (trainer.state.epoch, trainer.state.iteration) > (trainer.epochs, 0):
+            raise ConfigError(f"--resume {ctx.resume}: the checkpoint is at epoch {trainer.state.epoch}, iteration "
+                              f"{trainer.state.iteration}, past {stage_key(trainer.stage)}.epochs="
+                              f"{trainer.epochs}; set epochs to at least {trainer.state.epoch}")
+        applied = apply_recipe(trainer.optimizer, trainer.scheduler, recipe)
+        if applied:
+            ctx.log.info(f"[{trainer.stage}] optimizer settings changed on resume: {'; '.join(applied)}")
+        if ctx.resume != "auto" and trainer.select is not None:
+            keep_best(Path(ctx.resume), trainer)
         ctx.log.info(f"[{trainer.stage}] resumed at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
     trainer.fit()
     return trainer
@@ -450,6 +523,23 @@ def head_picks(runs: List[Tuple[float, List[Dict[str, Any]]]]) -> Dict[str, Dict
     return picks
 
 
+def lr_context(ctx: Context, directory: Path, lr: float) -> Context:
+    """The context of the head stage's training at ``lr`` under head.lr_search: an explicit ``--resume PATH`` belongs
+    to the learning rate it was trained at (its StepLR base lr; ConfigError when the search has no such rate); every
+    other rate resumes its own ``last.pt`` in ``directory`` when it has one, and starts afresh otherwise."""
+    search = ctx.cfg.head.lr_search
+    if not search or ctx.resume in (None, "auto"):
+        return ctx
+    trained = load(ctx.resume)["scheduler"]["base_lrs"][0]
+    if not any(math.isclose(trained, r) for r in search):
+        raise ConfigError(f"--resume {ctx.resume}: trained at lr {trained:g}, which head.lr_search {search} does not "
+                          "hold")
+    if math.isclose(trained, lr):
+        return ctx
+    own = directory / "last.pt"
+    return replace(ctx, resume=str(own) if own.is_file() else None)
+
+
 def run_head(ctx: Context) -> Path:
     """Fresh G-TAD + video classifier on frozen full-fidelity features; the epoch (and lr) by ``head.select``:
     the lowest validation loss (G-TAD's criterion) or the highest validation average mAP; both picks are reported."""
@@ -464,6 +554,8 @@ def run_head(ctx: Context) -> Path:
     metric, lower = SELECT[cfg.head.select]
     global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1])
     runs, dirs = [], {}
+    # The features' encoder belongs to the recipe: --resume auto never continues a head trained on another one.
+    saved_config = dict(to_dict(cfg), head_encoder_sha256=file_hash(encoder_path))
     for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
         directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
         torch.manual_seed(cfg.seed)
@@ -488,9 +580,9 @@ def run_head(ctx: Context) -> Path:
                           checkpointer=Checkpointer(directory, cfg.checkpoint.keep, info.is_main), logger=ctx.log,
                           seed=cfg.seed, accum_steps=accum, max_bad_steps=cfg.max_bad_steps,
                           every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
-                          validate=validate, select=metric, minimize=lower, config=to_dict(cfg),
+                          validate=validate, select=metric, minimize=lower, config=saved_config,
                           prepare=global_loss.prepare)
-        run_trainer(ctx, trainer)
+        run_trainer(lr_context(ctx, directory, lr), trainer)
         runs.append((lr, trainer.state.history))
         dirs[lr] = directory
         by = head_picks(runs[-1:])

@@ -1,6 +1,6 @@
 """Encoder weights from local files only (nothing is ever downloaded).
 
-Accepted files (``torch.load``-able):
+Accepted files (``torch.load``-able with ``weights_only=True``: a file that needs full unpickling is refused):
 - a torchvision state dict of the backbone (e.g. ImageNet ResNet weights; its ``fc.*`` classifier is ignored);
 - a LoFi checkpoint: ``{"model": state_dict}`` / ``{"state_dict": state_dict}`` / a bare state dict, holding either the
   encoder's own keys (``backbone.*``) or a whole model's keys with the encoder under ``encoder.*`` (other keys ignored);
@@ -8,14 +8,14 @@ Accepted files (``torch.load``-able):
   :func:`convert_mmaction2_tsm` (its ``cls_head.*`` is ignored).
 Any missing, unexpected or mis-shaped key is an error that lists them.
 """
-import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
 from torch import nn
+
+from lofi.engine.checkpoint import load
 
 _MMACTION_BLOCK_CONV = re.compile(r"\.conv(\d)\.(conv|bn)\.")
 
@@ -40,20 +40,12 @@ def convert_mmaction2_tsm(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, tor
     return out, dropped
 
 
-def _load_file(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        warnings.warn(f"{path}: not loadable with weights_only=True; unpickling it fully (trust only your own files)")
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def encoder_state_from_file(path) -> Tuple[Dict[str, torch.Tensor], str]:
     """Reads ``path`` and returns (encoder state dict with ``backbone.*`` keys, detected format)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
-    obj = _load_file(path)
+    obj = load(path)
     state = obj
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
