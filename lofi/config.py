@@ -85,6 +85,12 @@ class DataConfig:
     val_subset: str = "validation"
     backend: Literal["auto", "cpu", "dali"] = "auto"
     num_workers: int = 2
+    # shards on a web or object store (shards/clip_shards = http(s)://BASE or pipe:COMMAND with {name}): fetched
+    # whole into cache_dir (default: under the system's temp directory), at most cache_max_gib GiB, retried
+    # fetch_retries times with backoff
+    cache_dir: Optional[str] = None
+    cache_max_gib: float = 50.0
+    fetch_retries: int = 5
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -410,8 +416,13 @@ def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int)
                       f"(torchrun --nproc_per_node); use a multiple of {world_size}")
 
 
+def _shards_exist(path: Optional[str]) -> bool:
+    from lofi.data.remote import is_remote  # a remote source is checked when its manifest is fetched
+    return path is not None and (is_remote(path) or Path(path).exists())
+
+
 def _shards_will_exist(cfg: Config, path: Optional[str]) -> bool:
-    return path is not None and (Path(path).exists() or cfg.data.synthetic.build)
+    return _shards_exist(path) or (path is not None and cfg.data.synthetic.build)
 
 
 def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> None:
@@ -457,6 +468,8 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
     _positive(errors, "log.every_iters", cfg.log.every_iters)
     _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
+    _positive(errors, "data.cache_max_gib", cfg.data.cache_max_gib)
+    _positive(errors, "data.fetch_retries", cfg.data.fetch_retries, allow_zero=True)
     syn = cfg.data.synthetic
     for key in ("size", "length", "distractors"):
         value = getattr(syn, key)
@@ -486,6 +499,6 @@ def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):
         if value is not None and not os.path.exists(value):
             errors.append(f"{key}: no such file or directory {value!r}")
-    if cfg.head.features and not cfg.head.annotations and not Path(cfg.data.shards).exists():
+    if cfg.head.features and not cfg.head.annotations and not _shards_exist(cfg.data.shards):
         errors.append("head.annotations: external features (head.features) need the annotations, either "
                       "an ActivityNet-format JSON here or data.shards")
