@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional
 
 from webdataset.gopen import gopen
 
+from ..atomic import write_with
 from .packing import sha256_file
 from .shardlist import Shard, index_shard
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _SCHEMES = ("http://", "https://", "pipe:")
-_TMP = ".tmp-"
 _BLOCK = 1 << 20
 
 
@@ -67,21 +67,20 @@ def _download(url: str, sink) -> str:
 
 
 def fetch(url: str, dest: Path, sha256: Optional[str] = None, retries: int = 5, backoff: float = 0.5) -> None:
-    """Downloads ``url`` to ``dest`` (temporary file + rename), checking ``sha256`` when given. A failure (dropped
-    connection, exit status, wrong checksum) restarts the whole file after ``backoff · 2^attempt`` s; after
-    ``retries`` retries the error names the URL."""
-    dest = Path(dest)
-    tmp = dest.with_name(dest.name + _TMP + str(os.getpid()))
+    """Downloads ``url`` to ``dest`` (atomically: a temporary file renamed once complete), checking ``sha256`` when
+    given. A failure (dropped connection, exit status, wrong checksum) restarts the whole file after
+    ``backoff · 2^attempt`` s; after ``retries`` retries the error names the URL."""
+
+    def download(f) -> None:
+        got = _download(url, f)
+        if sha256 is not None and got != sha256:
+            raise IOError(f"sha256 {got} != {sha256} from the manifest (incomplete or changed)")
+
     for attempt in range(retries + 1):
         try:
-            with open(tmp, "wb") as f:
-                got = _download(url, f)
-            if sha256 is not None and got != sha256:
-                raise IOError(f"sha256 {got} != {sha256} from the manifest (incomplete or changed)")
-            os.replace(tmp, dest)
+            write_with(dest, download)
             return
         except (OSError, ValueError) as exc:
-            tmp.unlink(missing_ok=True)
             if attempt == retries:
                 raise RuntimeError(f"cannot fetch {url} after {retries + 1} attempts: {exc}") from exc
             log.warning("fetching %s failed (%s); retry %d/%d", url, exc, attempt + 1, retries)
