@@ -245,3 +245,23 @@ def test_probe_features_on_the_tiny_runs_cache(tiny_run, tmp_path):
     r = json.loads(out.read_text())[str(run_dir)]
     assert 0 <= r["fg_auc"] <= 1 and 0 < r["fg_fraction"] < 1 and r["segments"] > 0 and 0 <= r["class_acc"] <= 1
     assert "actionness probe AUC" in proc.stdout
+
+
+def test_lofi_head_eval_from_a_url_equal_the_local_run(tiny_shards, tmp_path):
+    # The shards served over loopback HTTP (and through a pipe: command) train and evaluate bit for bit as the local
+    # directory does; the URL run fetches the manifest once and each shard once (later epochs read the cache).
+    from http_shards import serve
+    common = ["stages=[lofi, head, eval]", "lofi.epochs=2", "head.epochs=1"]
+    train(tmp_path / "local", tiny_shards, *common)
+    with serve(tiny_shards) as server:
+        train(tmp_path / "url", server.url, *common, f"data.cache_dir={tmp_path / 'cache'}")
+        requests = list(server.requests)
+    train(tmp_path / "pipe", f"pipe:cat {tiny_shards}/{{name}}", *common, f"data.cache_dir={tmp_path / 'cache2'}")
+    assert sorted(set(requests)) == sorted(requests)  # nothing fetched twice
+    assert "manifest.json" in requests and len(requests) == 1 + len(list(tiny_shards.glob("*.tar")))
+    runs = [tmp_path / name / "demo" for name in ("local", "url", "pipe")]
+    evals = [json.loads((run / "metrics.json").read_text())["eval"] for run in runs]
+    assert evals[0] == evals[1] == evals[2]
+    states = [torch.load(run / "head" / "last.pt", weights_only=False)["models"] for run in runs]
+    for name, tensor in states[0]["model"].items():
+        assert torch.equal(tensor, states[1]["model"][name]) and torch.equal(tensor, states[2]["model"][name]), name
