@@ -3,6 +3,7 @@ missing or incomplete parts."""
 import io
 import json
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from lofi.data import packing
 from lofi.data.annotations import load_annotations
 from lofi.data.packing import make_shards
 from lofi.data.parts import merge_parts, select_part
@@ -79,22 +79,32 @@ def test_parts_are_disjoint_and_balanced_by_duration(synthetic):
         select_part(records, (4, 3))
 
 
-def test_killed_part_resumes_and_merge_refuses_missing_or_incomplete_parts(synthetic, tmp_path, monkeypatch):
+# tools/make_shards.py ARGS, SIGKILLed while it transcodes its second video (one worker: in this process)
+SIGKILL_ON_SECOND_VIDEO = """
+import os, runpy, signal, sys
+from lofi.data import packing
+real, calls = packing._transcode_task, []
+def task(t):
+    calls.append(t)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(t)
+packing._transcode_task = task
+sys.argv = ["tools/make_shards.py", *sys.argv[1:]]
+runpy.run_path("tools/make_shards.py", run_name="__main__")
+"""
+
+
+def test_killed_part_resumes_and_merge_refuses_missing_or_incomplete_parts(synthetic, tmp_path):
     out = tmp_path / "parts"
     make_shards(synthetic["videos"], synthetic["annotations"], out, part=(1, 3), **KW)
     part1 = {p.name: p.stat().st_mtime_ns for p in out.glob("*-p01of03-*.tar")}
-    calls, real_task = [], packing._transcode_task
-
-    def dying_task(task):  # part 2 is killed while transcoding its second video
-        calls.append(task)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_task(task)
-
-    monkeypatch.setattr(packing, "_transcode_task", dying_task)
-    with pytest.raises(KeyboardInterrupt):
-        make_shards(synthetic["videos"], synthetic["annotations"], out, part=(2, 3), **KW)
-    monkeypatch.setattr(packing, "_transcode_task", real_task)
+    killed = subprocess.run([sys.executable, "-c", SIGKILL_ON_SECOND_VIDEO, str(synthetic["videos"]),
+                             str(synthetic["annotations"]), str(out), "--short-side", "32", "--shard-size", "1",
+                             "--workers", "1", "--quiet", "--part", "2", "--num-parts", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [p.name for p in out.glob("*.tmp-*")]  # the kill left a half-written shard behind
     proc = merge_cli(out)
     assert proc.returncode == 2 and not (out / "manifest.json").exists()
     assert f"part 2 of 3 ({out / 'manifest-p02of03.json'}) is incomplete" in proc.stderr
@@ -103,7 +113,7 @@ def test_killed_part_resumes_and_merge_refuses_missing_or_incomplete_parts(synth
     (out / "training-p02of03-000009.tar.tmp-999").write_bytes(b"partial")  # a harder kill's leftover
     (out / "training-p01of03-000009.tar.tmp-999").write_bytes(b"partial")  # part 1's: not part 2's to delete
     resumed = make_shards(synthetic["videos"], synthetic["annotations"], out, part=(2, 3), **KW)
-    assert resumed["complete"] and not (out / "training-p02of03-000009.tar.tmp-999").exists()
+    assert resumed["complete"] and not list(out.glob("*-p02of03-*.tmp-*"))
     assert (out / "training-p01of03-000009.tar.tmp-999").exists()
     (out / "training-p01of03-000009.tar.tmp-999").unlink()
     make_shards(synthetic["videos"], synthetic["annotations"], out, part=(3, 3), **KW)
