@@ -8,9 +8,11 @@ import pytest
 import torch
 from http_shards import serve
 
+from lofi.config import ConfigError, load_config
 from lofi.data import build_loader
 from lofi.data.packing import make_shards
 from lofi.data.remote import index_remote, member_url
+from lofi.data.shardlist import index_subset
 from lofi.data.synthetic import make_synthetic
 from lofi.fidelity import Fidelity, LoFiSchedule
 
@@ -133,3 +135,19 @@ def test_incomplete_or_inconsistent_manifest_is_refused(shards, tmp_path):
     with serve(bad) as server:
         with pytest.raises(ValueError, match=f"shard {name} lists 2 keys for 3 samples"):
             index_remote(server.url, "training", cache_dir=str(tmp_path))
+
+
+def test_foreground_index_equals_the_local_one(shards, tmp_path):
+    with serve(shards) as server:
+        remote = index_remote(server.url, "training", foreground=True, cache_dir=str(tmp_path))
+    local = index_subset(str(shards), "training", foreground=True)
+    assert [(s.keys, s.segments) for s in remote] == [(s.keys, s.segments) for s in local]
+    assert any(n > 1 for s in local for n in s.segments)
+
+
+def test_config_accepts_a_url_and_checks_the_cache_keys():
+    cfg = load_config(None, ["data.shards=https://example.invalid/anet", "data.clip_shards=pipe:cat /x/{name}",
+                             "data.synthetic.build=false", "stages=[acp, lofi, head, eval]"])
+    assert cfg.data.shards == "https://example.invalid/anet"  # checked when its manifest is fetched, not here
+    with pytest.raises(ConfigError, match="data.cache_max_gib: must be > 0.*\n.*data.fetch_retries: must be ≥ 0"):
+        load_config(None, ["data.cache_max_gib=0", "data.fetch_retries=-1"], check_paths=False)
