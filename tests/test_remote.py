@@ -151,3 +151,13 @@ def test_config_accepts_a_url_and_checks_the_cache_keys():
     assert cfg.data.shards == "https://example.invalid/anet"  # checked when its manifest is fetched, not here
     with pytest.raises(ConfigError, match="data.cache_max_gib: must be > 0.*\n.*data.fetch_retries: must be ≥ 0"):
         load_config(None, ["data.cache_max_gib=0", "data.fetch_retries=-1"], check_paths=False)
+
+
+def test_processes_of_a_node_share_one_download(shards, tmp_path):
+    # ranks and DataLoader workers of one node asking for the same shard at once: one download, the others wait
+    from concurrent.futures import ThreadPoolExecutor
+    with serve(shards) as server:
+        shard = index_remote(server.url, "training", cache_dir=str(tmp_path))[0].remote
+        with ThreadPoolExecutor(4) as pool:
+            paths = list(pool.map(lambda _: shard.local(), range(4)))
+        assert server.requests.count(shard.name) == 1 and len(set(paths)) == 1
