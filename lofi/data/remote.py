@@ -15,6 +15,7 @@ least recently used shards are evicted to keep the directory under ``max_bytes``
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -66,20 +67,12 @@ def _download(url: str, sink) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, sha256: Optional[str] = None, retries: int = 5, backoff: float = 0.5) -> None:
-    """Downloads ``url`` to ``dest`` (atomically: a temporary file renamed once complete), checking ``sha256`` when
-    given. A failure (dropped connection, exit status, wrong checksum) restarts the whole file after
-    ``backoff · 2^attempt`` s; after ``retries`` retries the error names the URL."""
-
-    def download(f) -> None:
-        got = _download(url, f)
-        if sha256 is not None and got != sha256:
-            raise IOError(f"sha256 {got} != {sha256} from the manifest (incomplete or changed)")
-
+def _retrying(url: str, action, retries: int, backoff: float):
+    """``action()``, run again after ``backoff · 2^attempt`` s when it fails (OSError, ValueError: a dropped
+    connection, an exit status, a wrong checksum); after ``retries`` retries the error names ``url``."""
     for attempt in range(retries + 1):
         try:
-            write_with(dest, download)
-            return
+            return action()
         except (OSError, ValueError) as exc:
             if attempt == retries:
                 raise RuntimeError(f"cannot fetch {url} after {retries + 1} attempts: {exc}") from exc
@@ -87,11 +80,27 @@ def fetch(url: str, dest: Path, sha256: Optional[str] = None, retries: int = 5, 
             time.sleep(backoff * 2 ** attempt)
 
 
+def fetch(url: str, dest: Path, sha256: Optional[str] = None, retries: int = 5, backoff: float = 0.5) -> None:
+    """Downloads ``url`` to ``dest`` (atomically: a temporary file renamed once complete), checking ``sha256`` when
+    given; a failed attempt restarts the whole file (see :func:`_retrying`)."""
+
+    def download(f) -> None:
+        got = _download(url, f)
+        if sha256 is not None and got != sha256:
+            raise IOError(f"sha256 {got} != {sha256} from the manifest (incomplete or changed)")
+
+    _retrying(url, lambda: write_with(dest, download), retries, backoff)
+
+
 def fetch_bytes(url: str, retries: int = 5, backoff: float = 0.5) -> bytes:
     """The content of ``url`` (a small file such as a manifest), with :func:`fetch`'s retries."""
-    with tempfile.TemporaryDirectory(prefix="lofi-fetch-") as tmp:
-        fetch(url, Path(tmp) / "data", None, retries, backoff)
-        return (Path(tmp) / "data").read_bytes()
+
+    def read() -> bytes:
+        buffer = io.BytesIO()
+        _download(url, buffer)
+        return buffer.getvalue()
+
+    return _retrying(url, read, retries, backoff)
 
 
 def default_cache_dir() -> str:
