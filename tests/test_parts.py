@@ -107,6 +107,8 @@ def test_killed_part_resumes_and_merge_refuses_missing_or_incomplete_parts(synth
     assert [p.name for p in out.glob("*.tmp-*")]  # the kill left a half-written shard behind
     proc = merge_cli(out)
     assert proc.returncode == 2 and not (out / "manifest.json").exists()
+    with pytest.raises(ValueError, match="packed in parts and not merged yet"):
+        index_subset(str(out), "training")  # the reader refuses the parts before the merge
     assert f"part 2 of 3 ({out / 'manifest-p02of03.json'}) is incomplete" in proc.stderr
     assert f"part 3 of 3 ({out / 'manifest-p03of03.json'}) is missing" in proc.stderr
 

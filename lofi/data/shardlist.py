@@ -46,6 +46,8 @@ def resolve(shards: str, subset: str) -> Tuple[List[str], Optional[str]]:
         paths = sorted(glob.glob(os.path.join(shards, f"{subset}-*.tar")))
         manifest = os.path.join(shards, "manifest.json")
         manifest = manifest if os.path.exists(manifest) else None
+        if manifest is None and glob.glob(os.path.join(shards, "manifest-p*of*.json")):
+            raise ValueError(f"{shards}: packed in parts and not merged yet (tools/make_shards.py --merge {shards})")
         if not paths and manifest is None:
             raise FileNotFoundError(f"no shards {subset}-*.tar in {shards}")
         return paths, manifest
