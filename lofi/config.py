@@ -416,13 +416,14 @@ def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int)
                       f"(torchrun --nproc_per_node); use a multiple of {world_size}")
 
 
-def _shards_exist(path: Optional[str]) -> bool:
-    from lofi.data.remote import is_remote  # a remote source is checked when its manifest is fetched
+def _local_or_remote(path: Optional[str]) -> bool:
+    """An existing path, or a URL / pipe: source (checked when it is fetched)."""
+    from lofi.data.remote import is_remote
     return path is not None and (is_remote(path) or Path(path).exists())
 
 
 def _shards_will_exist(cfg: Config, path: Optional[str]) -> bool:
-    return _shards_exist(path) or (path is not None and cfg.data.synthetic.build)
+    return _local_or_remote(path) or (path is not None and cfg.data.synthetic.build)
 
 
 def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> None:
@@ -466,10 +467,10 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
-    _positive(errors, "log.every_iters", cfg.log.every_iters)
-    _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
     _positive(errors, "data.cache_max_gib", cfg.data.cache_max_gib)
     _positive(errors, "data.fetch_retries", cfg.data.fetch_retries, allow_zero=True)
+    _positive(errors, "log.every_iters", cfg.log.every_iters)
+    _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
     syn = cfg.data.synthetic
     for key in ("size", "length", "distractors"):
         value = getattr(syn, key)
@@ -497,8 +498,8 @@ def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
     for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
                        ("head.annotations", cfg.head.annotations),
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):
-        if value is not None and not os.path.exists(value):
+        if value is not None and not (os.path.exists(value) or key == "head.features" and _local_or_remote(value)):
             errors.append(f"{key}: no such file or directory {value!r}")
-    if cfg.head.features and not cfg.head.annotations and not _shards_exist(cfg.data.shards):
+    if cfg.head.features and not cfg.head.annotations and not _local_or_remote(cfg.data.shards):
         errors.append("head.annotations: external features (head.features) need the annotations, either "
                       "an ActivityNet-format JSON here or data.shards")

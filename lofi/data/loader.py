@@ -95,15 +95,16 @@ class VideoLoader:
 
 def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, backend: str = "auto", num_workers: int = 2, rank: int = 0,
+                 cache_dir: Optional[str] = None, cache_max_gib: float = 50.0, fetch_retries: int = 5,
                  world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
-                 shuffle_buffer: int = 16, dali_threads: int = 2, cache_dir: Optional[str] = None,
-                 cache_max_gib: float = 50.0, fetch_retries: int = 5) -> VideoLoader:
+                 shuffle_buffer: int = 16, dali_threads: int = 2) -> VideoLoader:
     """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
 
-    shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read) or a brace
-    pattern of tar paths, or a base URL / ``pipe:`` template of such a directory (lofi.data.remote: each shard is
-    fetched into ``cache_dir``, at most ``cache_max_gib`` GiB, with ``fetch_retries`` retries). batch_size: per
-    process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
+    shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read), a base URL
+    or ``pipe:`` template of such a directory (lofi.data.remote: each shard is fetched into ``cache_dir``, at most
+    ``cache_max_gib`` GiB, with ``fetch_retries`` retries), or a brace
+    pattern of tar paths. batch_size: per process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per
+    annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
     max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend).
     """
     resolved = resolve_backend(backend)

@@ -108,6 +108,16 @@ def default_cache_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"lofi-shards-{os.getuid()}")
 
 
+@functools.lru_cache(maxsize=8)
+def fetch_file(url: str, cache_dir: Optional[str] = None, retries: int = 5) -> str:
+    """One file at ``url`` (e.g. an HDF5 file of external features; a ``pipe:`` command that writes it), fetched once
+    per process into the cache directory; returns its local path. No manifest gives its checksum, so it is fetched
+    again by every new process."""
+    dest = Path(cache_dir or default_cache_dir()) / f"file-{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    fetch(url, dest, None, retries)
+    return str(dest)
+
+
 @dataclass(frozen=True)
 class RemoteShard:
     """Where one shard lives (``url``), its sha256, and the cache that holds its local copy (``cache_dir``, at most

@@ -104,12 +104,13 @@ def labels_of(meta: List[dict], key: str = "label_id") -> torch.Tensor:
 def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule, train: bool, **kw):
     from lofi.data import build_loader
     cfg, info = ctx.cfg, ctx.info
+    kw = {"cache_dir": cfg.data.cache_dir, "cache_max_gib": cfg.data.cache_max_gib,
+          "fetch_retries": cfg.data.fetch_retries, **kw}  # shards on a web or object store (lofi.data.remote)
 
     def make(epoch: int):
         return build_loader(shards, subset, batch_size=batch, schedule=schedule, train=train, epoch=epoch,
                             seed=cfg.seed, backend=cfg.data.backend, num_workers=cfg.data.num_workers,
-                            rank=info.rank, world_size=info.world_size, cache_dir=cfg.data.cache_dir,
-                            cache_max_gib=cfg.data.cache_max_gib, fetch_retries=cfg.data.fetch_retries, **kw)
+                            rank=info.rank, world_size=info.world_size, **kw)
     return make
 
 
@@ -303,7 +304,11 @@ def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, E
     cfg, info = ctx.cfg, ctx.info
     if cfg.head.features:
         metas = {vid: m for vid, m in annotation_metas(cfg).items() if m.get("subset") == subset}
-        return load_external(cfg.head.features, metas, cfg.fidelity.L, cfg.head.feature_layout)
+        from lofi.data.remote import fetch_file, is_remote
+        features = cfg.head.features
+        if is_remote(features):
+            features = fetch_file(features, cfg.data.cache_dir, cfg.data.fetch_retries)
+        return load_external(features, metas, cfg.fidelity.L, cfg.head.feature_layout)
     fid = full_fidelity(cfg)
     key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
            "shards": shards_hash(cfg.data.shards)}
