@@ -17,7 +17,8 @@ decoding it and stored unchanged (``copy=True``).
 Shards are assigned deterministically: records of a subset sorted by id, ``shard_size`` per shard. Writes go to a
 temporary name and are renamed; the manifest is rewritten after every shard, so a killed run resumes: shards whose
 keys and sha256 match the manifest (written with the same settings) are kept, temporary leftovers are deleted and
-everything else is rebuilt. One run at a time per output directory.
+everything else is rebuilt. One run at a time per output directory, or per part when it is packed in parts on
+several machines (:mod:`lofi.data.parts`).
 """
 from __future__ import annotations
 
