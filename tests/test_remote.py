@@ -19,14 +19,17 @@ from lofi.fidelity import Fidelity, LoFiSchedule
 FIXED = LoFiSchedule("full", Fidelity(4, 2, 32, 32))
 
 
+# 10 synthetic videos (8 training, in 4 shards of 2), packed by make_shards
+SYNTHETIC = dict(seed=5, num_videos=10, num_classes=2, size=(48, 64), length=(3.0, 5.0), num_clips=2,
+                 clip_length=(1.0, 1.5), workers=1, progress=False)
+PACKING = dict(fps=10, short_side=48, shard_size=2, workers=1, progress=False)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """8 synthetic training videos in 4 shards of 2 (plus validation), packed by make_shards."""
     root = tmp_path_factory.mktemp("remote")
-    paths = make_synthetic(root / "raw", "demo", seed=5, num_videos=10, num_classes=2, size=(48, 64),
-                           length=(3.0, 5.0), num_clips=2, clip_length=(1.0, 1.5), workers=1, progress=False)
-    make_shards(paths["videos"], paths["annotations"], root / "shards", fps=10, short_side=48, shard_size=2,
-                workers=1, progress=False)
+    paths = make_synthetic(root / "raw", "demo", **SYNTHETIC)
+    make_shards(paths["videos"], paths["annotations"], root / "shards", **PACKING)
     return root / "shards"
 
 
