@@ -89,6 +89,12 @@ class DataConfig:
     backend: Literal["auto", "cpu", "dali"] = "auto"
     num_workers: int = 2
     max_corrupt_fraction: float = 0.05  # share of an epoch's samples per rank that may be corrupt before it stops
+    # shards on a web or object store (shards/clip_shards = http(s)://BASE or pipe:COMMAND with {name}): fetched
+    # whole into cache_dir (default: under the system's temp directory), at most cache_max_gib GiB, retried
+    # fetch_retries times with backoff
+    cache_dir: Optional[str] = None
+    cache_max_gib: float = 50.0
+    fetch_retries: int = 5
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -449,11 +455,19 @@ def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int)
                       f"(torchrun --nproc_per_node); use a multiple of {world_size}")
 
 
+def _local_or_remote(path: Optional[str]) -> bool:
+    """An existing path, or a URL / pipe: source (checked when it is fetched)."""
+    from lofi.data.remote import is_remote
+    return path is not None and (is_remote(path) or Path(path).exists())
+
+
 def _shards_problem(cfg: Config, path: Optional[str], subsets: Sequence[str]) -> Optional[str]:
     """Why ``path`` (a shard directory or brace pattern) will not hold shards of every one of ``subsets`` when the run
     starts, or None when it will. With data.synthetic.build, a directory without manifest.json is built first."""
     if path is None:
         return "is not set"
+    if _local_or_remote(path) and not os.path.exists(path):
+        return None  # a URL or pipe: source: its manifest is fetched and checked when the run starts
     if cfg.data.synthetic.build and not (Path(path) / "manifest.json").is_file():
         return None
     if not os.path.exists(path) and "{" not in path:
@@ -462,7 +476,7 @@ def _shards_problem(cfg: Config, path: Optional[str], subsets: Sequence[str]) ->
     for subset in subsets:
         try:
             paths, _ = resolve(path, subset)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             return str(e)
         if not paths:
             return f"{path!r} holds no shards of subset {subset!r} ({subset}-*.tar)"
@@ -514,6 +528,8 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
+    _positive(errors, "data.cache_max_gib", cfg.data.cache_max_gib)
+    _positive(errors, "data.fetch_retries", cfg.data.fetch_retries, allow_zero=True)
     _positive(errors, "log.every_iters", cfg.log.every_iters)
     _positive(errors, "data.num_workers", cfg.data.num_workers, allow_zero=True)
     _positive(errors, "dist.timeout_s", cfg.dist.timeout_s)
@@ -549,8 +565,8 @@ def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
     for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
                        ("head.annotations", cfg.head.annotations), ("head.video_info", cfg.head.video_info),
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):
-        if value is not None and not os.path.exists(value):
+        if value is not None and not (os.path.exists(value) or key == "head.features" and _local_or_remote(value)):
             errors.append(f"{key}: no such file or directory {value!r}")
-    if cfg.head.features and not cfg.head.annotations and not Path(cfg.data.shards).exists():
+    if cfg.head.features and not cfg.head.annotations and not _local_or_remote(cfg.data.shards):
         errors.append("head.annotations: external features (head.features) need the annotations, either "
                       "an ActivityNet-format JSON here or data.shards")

@@ -50,6 +50,7 @@ def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None
     """Builds the synthetic benchmark's shards that ``stages`` need and that are missing: data.clip_shards (acp)
     and data.shards (the other stages, unless head.features replaces them). Existing shards are never touched."""
     from lofi.data.packing import make_shards
+    from lofi.data.remote import is_remote
     from lofi.data.synthetic import make_synthetic
     syn = cfg.data.synthetic
     needed = []
@@ -57,7 +58,7 @@ def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None
         needed.append(("clips", "clip_list", "clips", cfg.data.clip_shards))
     if set(stages) - {"acp"} and not cfg.head.features:
         needed.append(("videos", "annotations", "activitynet", cfg.data.shards))
-    needed = [n for n in needed if not (Path(n[3]) / "manifest.json").is_file()]
+    needed = [n for n in needed if not is_remote(n[3]) and not (Path(n[3]) / "manifest.json").is_file()]
     if not needed:
         return
     raw = Path(cfg.data.shards).parent / f".{Path(cfg.data.shards).name}-videos"

@@ -367,3 +367,48 @@ def test_probe_features_on_the_tiny_runs_cache(tiny_run, tmp_path):
     r = json.loads(out.read_text())[str(run_dir)]
     assert 0 <= r["fg_auc"] <= 1 and 0 < r["fg_fraction"] < 1 and r["segments"] > 0 and 0 <= r["class_acc"] <= 1
     assert "actionness probe AUC" in proc.stdout
+
+
+def test_lofi_head_eval_from_a_url_equal_the_local_run(tiny_shards, tmp_path):
+    # The shards served over loopback HTTP (and through a pipe: command) train and evaluate bit for bit as the local
+    # directory does; the URL run fetches the manifest once and each shard once (later epochs read the cache).
+    from http_shards import serve
+    common = ["stages=[lofi, head, eval]", "lofi.epochs=2", "head.epochs=1"]
+    train(tmp_path / "local", tiny_shards, *common)
+    with serve(tiny_shards) as server:
+        train(tmp_path / "url", server.url, *common, f"data.cache_dir={tmp_path / 'cache'}")
+        requests = list(server.requests)
+    train(tmp_path / "pipe", f"pipe:cat {tiny_shards}/{{name}}", *common, f"data.cache_dir={tmp_path / 'cache2'}")
+    assert sorted(set(requests)) == sorted(requests)  # nothing fetched twice
+    assert "manifest.json" in requests and len(requests) == 1 + len(list(tiny_shards.glob("*.tar")))
+    runs = [tmp_path / name / "demo" for name in ("local", "url", "pipe")]
+    evals = [json.loads((run / "metrics.json").read_text())["eval"] for run in runs]
+    assert evals[0] == evals[1] == evals[2]
+    states = [torch.load(run / "head" / "last.pt", weights_only=False)["models"] for run in runs]
+    for name, tensor in states[0]["model"].items():
+        assert torch.equal(tensor, states[1]["model"][name]) and torch.equal(tensor, states[2]["model"][name]), name
+
+
+def test_external_features_from_a_url(tmp_path):
+    # head.features as one HDF5 file on a web server (fetched once into data.cache_dir): the same head as from disk
+    import h5py
+    from http_shards import serve
+    rng = np.random.default_rng(0)
+    database = {}
+    (tmp_path / "srv").mkdir()
+    with h5py.File(tmp_path / "srv" / "feats.h5", "w") as f:
+        for i in range(12):
+            vid, duration = f"vid{i}", float(rng.uniform(5, 10))
+            f[vid] = rng.normal(size=(int(rng.integers(8, 20)), 16)).astype(np.float32)
+            start = float(rng.uniform(0, duration / 2))
+            database[vid] = {"subset": "training" if i < 8 else "validation", "duration": duration,
+                             "annotations": [{"segment": [start, start + duration / 3], "label": f"c{i % 2}"}]}
+    (tmp_path / "gt.json").write_text(json.dumps({"database": database}))
+    common = ["--stage", "head", f"head.annotations={tmp_path / 'gt.json'}", "head.epochs=1", "data.shards=/nonexistent"]
+    train(tmp_path / "local", "/nonexistent", *common, f"head.features={tmp_path / 'srv' / 'feats.h5'}")
+    with serve(tmp_path / "srv") as server:
+        train(tmp_path / "url", "/nonexistent", *common, f"head.features={server.url}/feats.h5",
+              f"data.cache_dir={tmp_path / 'cache'}")
+        assert server.requests == ["feats.h5"]
+    local, url = (json.loads((tmp_path / run / "demo" / "metrics.json").read_text())["head"] for run in ("local", "url"))
+    assert local["val_average_mAP"] == url["val_average_mAP"]

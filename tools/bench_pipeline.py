@@ -21,6 +21,12 @@ frame indices the sampler asks for. The bottleneck of the serial cpu delivery is
         [--backends cpu,dali] [--workers 2] [--repeats 2] [--json PATH] [--no-record]
 The default (one 60 s vp9 video, full and T-LoFi) takes about a minute once the shards are cached; the recorded run:
     --videos 2 --seconds 120 --repeats 3 --codecs h264,vp9,mjpeg --fidelities full,s,t,st
+
+With --shards SOURCE (a base URL or pipe: template of a shard directory, see lofi.data.remote) it measures instead
+the delivered frames/s (B·L·T per wall second, --workers DataLoader workers, cpu backend) of one epoch of --subset:
+from SOURCE with an empty cache (every shard downloaded, checked and decoded), from SOURCE again (the cache warm),
+and from the local directory the fetched shards form, beside each other:
+    PYTHONPATH=. python tools/bench_pipeline.py --shards http://HOST/shards/anet --subset validation --fidelities t
 """
 import argparse
 import importlib.util
@@ -180,6 +186,40 @@ def delivery_seconds(shards: str, fid: Fidelity, backend: str, workers: int, dal
     return clock() - start
 
 
+def delivered_per_second(shards: str, subset: str, fid: Fidelity, workers: int, cache_dir: str) -> float:
+    """Delivered frames (B·L·T summed over the batches) per wall second of one epoch of build_loader (cpu)."""
+    start, frames = time.perf_counter(), 0
+    for batch in build_loader(shards, subset, batch_size=1, schedule=LoFiSchedule("full", fid), train=True,
+                              epoch=0, seed=0, backend="cpu", num_workers=workers, cache_dir=cache_dir):
+        frames += batch["frames"].shape[0] * fid.L * fid.T
+    return frames / (time.perf_counter() - start)
+
+
+def remote_vs_local(args, fids) -> None:
+    """The --shards mode (see the module docstring): prints, and records unless --no-record, the three figures."""
+    from lofi.data.remote import index_remote, read_manifest
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lofi-bench-cache-") as cache:
+        for name in fids:
+            fid = FIDELITIES[name]
+            shutil.rmtree(cache, ignore_errors=True)
+            cold = delivered_per_second(args.shards, args.subset, fid, args.workers, cache)
+            warm = delivered_per_second(args.shards, args.subset, fid, args.workers, cache)
+            local = Path(index_remote(args.shards, args.subset, cache_dir=cache)[0].remote.local()).parent
+            write_json(read_manifest(args.shards), local / "manifest.json")
+            here = delivered_per_second(str(local), args.subset, fid, args.workers, cache)
+            rows.append([f"{name} {fid}", f"{cold:,.0f}", f"{warm:,.0f}", f"{here:,.0f}"])
+    table = benchmark.markdown_table(["fidelity", "URL, cold cache (frames/s)", "URL, warm cache (frames/s)",
+                                      "local directory (frames/s)"], rows)
+    notes = (f"Source `{args.shards}`, subset {args.subset}: delivered frames (B·L·T) per wall second of one epoch, "
+             f"cpu backend, {args.workers} DataLoader workers, batch 1, torch 1 thread. The cold figure includes "
+             "downloading every shard and checking its sha256.")
+    print(table + "\n\n" + notes)
+    if not args.no_record:
+        benchmark.record("Data pipeline from a URL: delivered frames/s (tools/bench_pipeline.py --shards)",
+                         table + "\n\n" + notes, "python " + " ".join(sys.argv))
+
+
 def bottleneck(decode: float, resize: float, serial: float) -> str:
     """The largest part of the serial cpu delivery and every part's share; the stage times are best-of-N and the
     delivery one run, so the shares are of max(serial, decode + resize)."""
@@ -202,9 +242,13 @@ def main():
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lofi_bench_pipeline"))
     p.add_argument("--json", help="write the figures as JSON to this path")
     p.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    p.add_argument("--shards", help="a base URL or pipe: template of shards: delivery from it beside the local one")
+    p.add_argument("--subset", default="validation", help="the subset read with --shards")
     args = p.parse_args()
     torch.set_num_threads(1)
     codecs, fids = args.codecs.split(","), args.fidelities.split(",")
+    if args.shards:
+        return remote_vs_local(args, fids)
     backends = [b for b in args.backends.split(",") if b != "dali" or importlib.util.find_spec("nvidia.dali")]
 
     cache = Path(args.cache) / f"{args.videos}x{args.seconds:g}s"

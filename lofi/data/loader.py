@@ -10,6 +10,7 @@ import torch
 from ..fidelity import Fidelity
 from .backend_cpu import load_snippets
 from .reader import FrontEnd
+from .remote import index_remote, is_remote
 from .shardlist import index_subset
 
 BACKENDS = ("auto", "cpu", "dali")
@@ -123,12 +124,15 @@ class VideoLoader:
 
 def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, backend: str = "auto", num_workers: int = 2, rank: int = 0,
+                 cache_dir: Optional[str] = None, cache_max_gib: float = 50.0, fetch_retries: int = 5,
                  world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
                  shuffle_buffer: int = 16, dali_threads: int = 2, start: int = 0,
                  max_corrupt_fraction: float = 1.0) -> VideoLoader:
     """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
 
-    shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read) or a brace
+    shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read), a base URL
+    or ``pipe:`` template of such a directory (lofi.data.remote: each shard is fetched into ``cache_dir``, at most
+    ``cache_max_gib`` GiB, with ``fetch_retries`` retries), or a brace
     pattern of tar paths. batch_size: per process. schedule(epoch, iteration) -> Fidelity. foreground: one sample per
     annotated segment (ACP+). stride: frames between a snippet's frames when the Fidelity names none (default
     max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend). start: the first iteration
@@ -140,7 +144,11 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
         prepare = _cpu_prepare
     else:
         prepare = functools.partial(_dali_prepare, device=resolved.split("-")[1])
-    front = FrontEnd(index_subset(shards, subset, foreground), batch_size=batch_size, schedule=schedule, train=train,
+    if is_remote(shards):
+        indexed = index_remote(shards, subset, foreground, cache_dir, int(cache_max_gib * 2 ** 30), fetch_retries)
+    else:
+        indexed = index_subset(shards, subset, foreground)
+    front = FrontEnd(indexed, batch_size=batch_size, schedule=schedule, train=train,
                      epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                      prepare=prepare, fills_frames=resolved == "cpu", foreground=foreground, stride=stride,
                      shuffle_buffer=shuffle_buffer, start=start)

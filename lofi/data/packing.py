@@ -18,7 +18,8 @@ decoding it and stored unchanged (``copy=True``).
 Shards are assigned deterministically: records of a subset sorted by id, ``shard_size`` per shard. Writes go to a
 temporary name and are renamed; the manifest is rewritten after every shard, so a killed run resumes: shards whose
 keys and sha256 match the manifest (written with the same settings) are kept, temporary leftovers are deleted and
-everything else is rebuilt. One run at a time per output directory.
+everything else is rebuilt. One run at a time per output directory, or per part when it is packed in parts on
+several machines (:mod:`lofi.data.parts`).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ DEFAULT_QUALITY = {"h264": 23, "vp9": 32, "mjpeg": 3}  # crf for h264/vp9, JPEG 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
 _TMP = ".tmp-"
 _SUBSET_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.-]+)-(?P<index>\d{6})\.tar$")
+_SHARD_RE = re.compile(r"^(?P<subset>[A-Za-z0-9_.-]+?)(?P<part>-p\d+of\d+)?-(?P<index>\d{6})\.tar$")
 
 
 class VideoError(RuntimeError):
@@ -362,7 +363,7 @@ def sample_json(record: VideoRecord, meta: dict, ann: Annotations, source: str) 
 def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet", subsets=None, fps: float = 15,
                 short_side: int = 256, codec: str = "h264", shard_size: int = 32, workers: int | None = None,
                 strict: bool = False, gop_seconds: float = 1.0, quality: int | None = None, copy: bool = True,
-                classes=None, progress: bool = True) -> dict:
+                classes=None, progress: bool = True, part: tuple[int, int] | None = None) -> dict:
     """Transcode the annotated videos of ``video_dir`` and pack them into WebDataset shards in ``out_dir``.
 
     ``fmt``: annotation format (``lofi.data.annotations.FORMATS``); ``subsets``: the subsets to pack (default all);
@@ -370,7 +371,8 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     ``shard_size``: samples per shard; ``workers``: transcoding processes (default: all CPUs); ``classes``: a fixed
     class list (label_id order, see :func:`lofi.data.annotations.load_annotations`). Corrupt videos and videos
     missing from ``video_dir`` are skipped and listed in the manifest; with ``strict`` a :class:`PackingError` is
-    raised at the end if any were. Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file:
+    raised at the end if any were. ``part=(I, N)``: pack only part I of N (see :mod:`lofi.data.parts`; the manifest
+    is then ``manifest-pIIofNN.json`` until :func:`lofi.data.parts.merge_parts`). Returns the manifest: ``{classes, splits: {subset: {num_samples, shards: {file:
     {num_samples, sha256, keys, planned, skipped, warnings}}}}, codec, fps, short_side, gop_seconds, quality, skipped:
     [{video, subset, reason}], warnings: [{video, message}], empty_shards (shards whose every video was skipped: no
     file), settings, complete}``.
@@ -398,6 +400,9 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     if bad:
         raise ValueError(f"{annotation_file}: subset names {bad} cannot name shard files (use [A-Za-z0-9_.-])")
     _check_keys(records)
+    from .parts import owned_by, part_manifest_name, part_tag, select_part
+    if part is not None:
+        records = select_part(records, part)
 
     index = _index_videos(video_dir)
     missing, plan = [], {}
@@ -411,14 +416,16 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
     shards = {}  # file -> list of (record, path, clip)
     for subset, items in plan.items():
         for i in range(0, len(items), shard_size):
-            shards[f"{subset}-{i // shard_size:06d}.tar"] = items[i:i + shard_size]
+            shards[f"{subset}{part_tag(part)}-{i // shard_size:06d}.tar"] = items[i:i + shard_size]
 
     settings = {"version": VERSION, "format": fmt, "codec": enc.codec, "fps": enc.fps, "short_side": enc.short_side,
                 "gop_seconds": enc.gop_seconds, "quality": enc.quality, "copy": enc.copy, "shard_size": shard_size,
                 "annotation_sha256": sha256_file(annotation_file), "classes": ann.classes}
+    if part is not None:
+        settings["part"] = list(part)
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = _reusable_shards(out_dir, settings, shards)
-    _remove_leftovers(out_dir, shards)
+    done = _reusable_shards(out_dir, settings, shards, part_manifest_name(part))
+    _remove_leftovers(out_dir, shards, lambda name: owned_by(name, part))
 
     manifest = {"classes": ann.classes, "splits": {}, "codec": enc.codec, "fps": enc.fps,
                 "short_side": enc.short_side, "gop_seconds": enc.gop_seconds, "quality": enc.quality,
@@ -437,7 +444,7 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
                 split["num_samples"] += entries[name]["num_samples"]
         manifest["skipped"] = missing + [s for e in entries.values() for s in e["skipped"]]
         manifest["warnings"] = [w for e in entries.values() for w in e["warnings"]]
-        _write_json_atomic(out_dir / MANIFEST, manifest)
+        _write_json_atomic(out_dir / part_manifest_name(part), manifest)
 
     if done:
         log.info("%s: keeping %d verified shard(s) from an earlier run", out_dir, len(done))
@@ -465,9 +472,9 @@ def _check_keys(records) -> None:
         seen[key] = record.id
 
 
-def _reusable_shards(out_dir: pathlib.Path, settings: dict, shards: dict) -> dict:
+def _reusable_shards(out_dir: pathlib.Path, settings: dict, shards: dict, manifest_name: str = MANIFEST) -> dict:
     """Manifest entries of shards from an earlier run with the same settings whose keys and sha256 still match."""
-    path = out_dir / MANIFEST
+    path = out_dir / manifest_name
     if not path.is_file():
         return {}
     try:
@@ -493,9 +500,11 @@ def _reusable_shards(out_dir: pathlib.Path, settings: dict, shards: dict) -> dic
     return done
 
 
-def _remove_leftovers(out_dir: pathlib.Path, shards: dict) -> None:
-    """Delete temporary files of killed runs and shards outside the current plan."""
+def _remove_leftovers(out_dir: pathlib.Path, shards: dict, owned=lambda name: True) -> None:
+    """Delete temporary files of killed runs and shards outside the current plan (of the files ``owned`` accepts)."""
     for path in out_dir.iterdir():
+        if not owned(path.name):
+            continue
         stale_shard = _SHARD_RE.match(path.name) and path.name not in shards
         if path.is_file() and (_TMP in path.name or stale_shard):
             log.info("%s: removing %s", out_dir, "leftover " + path.name if not stale_shard else "stale " + path.name)

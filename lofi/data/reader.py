@@ -37,7 +37,7 @@ import webdataset as wds
 from ..fidelity import Fidelity
 from .packing import member_checksums
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
-from .shardlist import Shard
+from .shardlist import Shard, local_path
 from .spatial import crop_params
 
 class CorruptSample(Exception):
@@ -145,7 +145,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
             for p, k, seg in items:
                 wanted.setdefault(k, []).append((p, seg))
             last = items[-1][1]
-            samples = wds.tarfile_to_samples()(iter([{"url": shard.path}]))
+            samples = wds.tarfile_to_samples()(iter([{"url": local_path(shard)}]))
             try:
                 for k, sample in enumerate(samples):
                     if sample.get("__key__") != shard.keys[k]:

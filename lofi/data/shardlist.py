@@ -11,7 +11,7 @@ import os
 import re
 import tarfile
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import braceexpand
 
@@ -20,11 +20,13 @@ _KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
 @dataclass(frozen=True)
 class Shard:
-    """One tar: its path, its sample keys in tar order, and, when indexed for foreground, segments per sample."""
+    """One tar: its path (or URL), its sample keys in tar order, when indexed for foreground the segments per sample,
+    and for a shard on a web or object store the lofi.data.remote.RemoteShard that fetches it."""
 
     path: str
     keys: Tuple[str, ...]
     segments: Optional[Tuple[int, ...]] = None
+    remote: Optional[Any] = None
 
     def units(self) -> List[Tuple[int, Optional[int]]]:
         """The (sample index, segment index or None) this shard yields, in order."""
@@ -33,12 +35,19 @@ class Shard:
         return [(i, s) for i, n in enumerate(self.segments) for s in range(n)]
 
 
+def local_path(shard: Shard) -> str:
+    """A local file holding the shard: its path, or a verified copy fetched into the node's cache."""
+    return shard.path if shard.remote is None else shard.remote.local()
+
+
 def resolve(shards: str, subset: str) -> Tuple[List[str], Optional[str]]:
     """Shard paths (sorted) and the manifest path (or None) for a directory, or for a brace pattern of tar paths."""
     if os.path.isdir(shards):
         paths = sorted(glob.glob(os.path.join(shards, f"{subset}-*.tar")))
         manifest = os.path.join(shards, "manifest.json")
         manifest = manifest if os.path.exists(manifest) else None
+        if manifest is None and glob.glob(os.path.join(shards, "manifest-p*of*.json")):
+            raise ValueError(f"{shards}: packed in parts and not merged yet (tools/make_shards.py --merge {shards})")
         if not paths and manifest is None:
             raise FileNotFoundError(f"no shards {subset}-*.tar in {shards}")
         return paths, manifest

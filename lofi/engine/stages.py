@@ -43,6 +43,9 @@ class Context:
 # ------------------------------------------------------------------------------------------------------- helpers
 
 def read_manifest(shards: str) -> Dict[str, Any]:
+    from lofi.data.remote import is_remote, read_manifest as read_remote
+    if is_remote(shards):
+        return read_remote(shards)
     path = Path(shards) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"{shards}: no manifest.json (make the shards with tools/make_shards.py)")
@@ -83,6 +86,15 @@ def encoder_source(ctx: Context, stage: str) -> Optional[str]:
     return ctx.cfg.model.weights
 
 
+def shards_hash(shards: str) -> str:
+    """What identifies a shard directory (local or remote): its manifest's hash, else its name."""
+    from lofi.data.remote import is_remote, manifest_sha256
+    if is_remote(shards):
+        return manifest_sha256(shards)
+    manifest = Path(shards) / "manifest.json"
+    return file_hash(manifest) if manifest.is_file() else str(shards)
+
+
 def labels_of(meta: List[dict], key: str = "label_id") -> torch.Tensor:
     missing = [m.get("id") for m in meta if key not in m]
     if missing:
@@ -93,6 +105,8 @@ def labels_of(meta: List[dict], key: str = "label_id") -> torch.Tensor:
 def loader_factory(ctx: Context, shards: str, subset: str, batch: int, schedule, train: bool, **kw):
     from lofi.data import build_loader
     cfg, info = ctx.cfg, ctx.info
+    kw = {"cache_dir": cfg.data.cache_dir, "cache_max_gib": cfg.data.cache_max_gib,
+          "fetch_retries": cfg.data.fetch_retries, **kw}  # shards on a web or object store (lofi.data.remote)
 
     def make(epoch: int, start: int = 0):
         return build_loader(shards, subset, batch_size=batch, schedule=schedule, train=train, epoch=epoch,
@@ -366,11 +380,14 @@ def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, E
     cfg, info = ctx.cfg, ctx.info
     if cfg.head.features:
         metas = {vid: m for vid, m in annotation_metas(cfg).items() if m.get("subset") == subset}
-        return load_external(cfg.head.features, metas, cfg.fidelity.L, cfg.head.feature_layout, cfg.head.video_info)
+        from lofi.data.remote import fetch_file, is_remote
+        features = cfg.head.features
+        if is_remote(features):
+            features = fetch_file(features, cfg.data.cache_dir, cfg.data.fetch_retries)
+        return load_external(features, metas, cfg.fidelity.L, cfg.head.feature_layout, cfg.head.video_info)
     fid = full_fidelity(cfg)
-    manifest = Path(cfg.data.shards) / "manifest.json"
     key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
-           "shards": file_hash(manifest) if manifest.is_file() else str(cfg.data.shards)}
+           "shards": shards_hash(cfg.data.shards)}
     cache = FeatureCache(Path(cfg.head.cache_dir or ctx.run_dir / "features") / subset, key)
     if not D.broadcast_object(cache.valid()):  # rank 0 decides, so every rank takes the same (collective) path
         ctx.log.info(f"[head] extracting {subset} features at {fid} into {cache.dir}")
