@@ -466,7 +466,8 @@ def _shards_problem(cfg: Config, path: Optional[str], subsets: Sequence[str]) ->
     starts, or None when it will. With data.synthetic.build, a directory without manifest.json is built first."""
     if path is None:
         return "is not set"
-    if _local_or_remote(path) and not os.path.exists(path):
+    from lofi.data.remote import is_remote
+    if is_remote(path):
         return None  # a URL or pipe: source: its manifest is fetched and checked when the run starts
     if cfg.data.synthetic.build and not (Path(path) / "manifest.json").is_file():
         return None
