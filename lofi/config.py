@@ -9,6 +9,7 @@ A YAML file may start from another with ``_base_: other.yaml`` (a path relative 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -64,7 +65,7 @@ class OptimConfig:
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticBuildConfig:
     """The synthetic benchmark (lofi.data.synthetic) that is built into data.shards / data.clip_shards when they are
     missing and ``build`` is true: a preset with optional overrides (None keeps the preset's value)."""
     build: bool = False
@@ -76,8 +77,8 @@ class SyntheticConfig:
     size: Optional[List[int]] = None  # [height, width] pixels of the rendered videos
     length: Optional[List[float]] = None  # [min, max] video duration, seconds
     distractors: Optional[List[int]] = None  # [min, max] distractor objects per video
-    fps: int = 15
-    short_side: int = 128
+    pack_fps: int = 15  # the shards' frame rate (lofi.data.packing); the videos render at the preset's fps
+    short_side: int = 128  # the shards' short side, pixels
 
 
 @dataclass
@@ -95,7 +96,7 @@ class DataConfig:
     cache_dir: Optional[str] = None
     cache_max_gib: float = 50.0
     fetch_retries: int = 5
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    synthetic: SyntheticBuildConfig = field(default_factory=SyntheticBuildConfig)
 
 
 @dataclass
@@ -168,7 +169,6 @@ class PostprocessConfig:
 
 @dataclass
 class EvalConfig:
-    subset: str = "validation"
     tiou: List[float] = field(default_factory=lambda: [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
     num_timelines: int = 4
     baseline_seed: int = 0
@@ -411,9 +411,35 @@ def config_changes(old: Dict[str, Any], new: Dict[str, Any], ignore: Sequence[st
     return out
 
 
+# Keys that configs saved by earlier versions (in checkpoints and model.pt bundles) hold: renamed (→ the dotted key
+# that replaces it) or removed (None).
+LEGACY_KEYS = {"data.synthetic.fps": "data.synthetic.pack_fps", "eval.subset": None}
+
+
+def upgrade(tree: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a ``to_dict`` tree with its :data:`LEGACY_KEYS` renamed or dropped."""
+    tree = copy.deepcopy(tree)
+    for old, new in LEGACY_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        if new is not None:
+            *parents, leaf = new.split(".")
+            target = tree
+            for part in parents:
+                target = target.setdefault(part, {})
+            target.setdefault(leaf, value)
+    return tree
+
+
 def from_dict(tree: Dict[str, Any]) -> Config:
-    """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint); types are checked, paths are not."""
-    return _build(Config, tree)
+    """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint, :func:`upgrade`\ d); types are
+    checked, paths are not."""
+    return _build(Config, upgrade(tree))
 
 
 # ---------------------------------------------------------------------------------------------------------- checks

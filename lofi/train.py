@@ -68,7 +68,7 @@ def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None
              f"into {', '.join(n[3] for n in needed)}")
     paths = make_synthetic(raw, syn.preset, seed=syn.seed, progress=cfg.log.progress, **overrides)
     for videos, annotations, fmt, out in needed:
-        make_shards(paths[videos], paths[annotations], out, fmt=fmt, fps=syn.fps, short_side=syn.short_side,
+        make_shards(paths[videos], paths[annotations], out, fmt=fmt, fps=syn.pack_fps, short_side=syn.short_side,
                     progress=cfg.log.progress)
 
 

@@ -13,7 +13,8 @@ import webdataset as wds
 
 from lofi.data import packing
 from lofi.data.annotations import AnnotationError, SegmentWarning
-from lofi.data.packing import PackingError, make_shards, sha256_file
+from lofi.data.packing import PackingError, make_shards
+from lofi.hashing import sha256_file
 from lofi.data.synthetic import make_synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -30,7 +30,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path, seed):
     ann = load_annotations(one["annotations"])  # ready for make_shards
     assert [r.subset for r in ann.records].count("validation") == round(3 * 0.25)
     clips = load_annotations(one["clip_list"], "clips")
-    classes = dataclasses.replace(S.PRESETS["demo"], **TINY).classes
+    classes = dataclasses.replace(S.SYNTHETIC_PRESETS["demo"], **TINY).classes
     assert [r.label for r in clips.records] == classes and clips.classes == ann.classes == classes
     assert [(r.id, r.clip) for r in clips.records] == [(f"clip_{i:05d}", None) for i in range(4)]
 
@@ -52,7 +52,7 @@ def instance_stats(cfg, n):
 
 
 def test_instance_counts_and_durations():
-    cfg = S.PRESETS["demo"]
+    cfg = S.SYNTHETIC_PRESETS["demo"]
     specs = instance_stats(cfg, 150)
     counts = [len(s["instances"]) for s in specs]
     assert set(counts) == {1, 2, 3}
@@ -65,7 +65,7 @@ def test_instance_counts_and_durations():
 
 
 def test_actor_is_there_before_and_after_and_never_jumps():
-    cfg = dataclasses.replace(S.PRESETS["demo"], num_classes=len(S.CLASSES))
+    cfg = dataclasses.replace(S.SYNTHETIC_PRESETS["demo"], num_classes=len(S.CLASSES))
     h, w = cfg.size
     for i in range(60):
         spec = S.video_spec(cfg, i)
@@ -104,7 +104,7 @@ def nearest_centroid_accuracy(x, y):
 
 
 def test_class_is_in_the_motion_not_in_a_frame():
-    cfg = dataclasses.replace(S.PRESETS["demo"], size=(48, 64), num_classes=8, num_clips=240, clip_length=(1.0, 1.4))
+    cfg = dataclasses.replace(S.SYNTHETIC_PRESETS["demo"], size=(48, 64), num_classes=8, num_clips=240, clip_length=(1.0, 1.4))
     frames, motion, labels = [], [], []
     for i in range(cfg.num_clips):
         spec = S.clip_spec(cfg, i)
@@ -120,7 +120,7 @@ def test_class_is_in_the_motion_not_in_a_frame():
 
 
 def test_a_frame_does_not_tell_action_from_background():
-    cfg = dataclasses.replace(S.PRESETS["demo"], size=(48, 64), length=(8.0, 12.0))
+    cfg = dataclasses.replace(S.SYNTHETIC_PRESETS["demo"], size=(48, 64), length=(8.0, 12.0))
     feats, inside = [], []
     for i in range(40):
         spec = S.video_spec(cfg, i)
@@ -137,7 +137,7 @@ def test_a_frame_does_not_tell_action_from_background():
 
 
 def test_rendered_objects_follow_their_paths():
-    cfg = dataclasses.replace(S.PRESETS["demo"], size=(64, 80))
+    cfg = dataclasses.replace(S.SYNTHETIC_PRESETS["demo"], size=(64, 80))
     spec = S.video_spec(cfg, 5)
     frames = np.stack(list(S.render(spec, cfg))).astype(np.float32)
     assert frames.shape == (spec["num_frames"], 64, 80, 3)
@@ -153,7 +153,7 @@ def test_rendered_objects_follow_their_paths():
 
 
 def test_clip_set_comes_from_a_shifted_distribution():
-    cfg = S.PRESETS["demo"]
+    cfg = S.SYNTHETIC_PRESETS["demo"]
     videos = [S.video_spec(cfg, i)["look"] for i in range(40)]
     clips = [S.clip_spec(cfg, i)["look"] for i in range(40)]
 
@@ -174,7 +174,7 @@ def test_clip_set_comes_from_a_shifted_distribution():
 
 
 def test_presets_and_validation():
-    demo, bench = S.PRESETS["demo"], S.PRESETS["bench"]
+    demo, bench = S.SYNTHETIC_PRESETS["demo"], S.SYNTHETIC_PRESETS["bench"]
     assert demo.num_videos == 40 and demo.fps == 15 and 128 <= min(demo.size) <= 160 and demo.length == (20, 40)
     assert bench.num_videos > demo.num_videos and bench.num_classes > demo.num_classes
     for bad in (dict(num_classes=len(S.CLASSES) + 1), dict(size=(33, 48)), dict(instances=(0, 2)),

@@ -16,12 +16,12 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from lofi.data.packing import make_shards  # noqa: E402
-from lofi.data.synthetic import PRESETS, make_synthetic  # noqa: E402
+from lofi.data.synthetic import SYNTHETIC_PRESETS, make_synthetic  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="demo", choices=sorted(SYNTHETIC_PRESETS))
     p.add_argument("--out", required=True, help="output folder for the videos, annotations and clips")
     p.add_argument("--shards", default=None, help="also pack: TAL shards here, clip shards in SHARDS-clips")
     p.add_argument("--seed", type=int, default=None)
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                                    "num_clips": args.num_clips, "fps": args.fps,
                                    "size": tuple(args.size) if args.size else None,
                                    "length": tuple(args.length) if args.length else None}.items() if v is not None}
-    cfg = dataclasses.replace(PRESETS[args.preset], **overrides)
+    cfg = dataclasses.replace(SYNTHETIC_PRESETS[args.preset], **overrides)
     start = time.perf_counter()
     paths = make_synthetic(args.out, cfg, workers=args.workers, progress=not args.quiet)
     print(f"generated {cfg.num_videos} videos + {cfg.num_clips} clips in {time.perf_counter() - start:.1f} s: "

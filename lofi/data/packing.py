@@ -36,7 +36,9 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from fractions import Fraction
 
-from ..filenames import video_stem as sample_key  # WebDataset keys hold no dots: a video's file stem
+from ..atomic import TEMP_RE, write_json
+from ..filenames import video_stem as sample_key
+from ..hashing import sha256_file  # WebDataset keys hold no dots: a video's file stem
 from .annotations import Annotations, VideoRecord, clip_segments, load_annotations
 
 log = logging.getLogger(__name__)
@@ -325,24 +327,9 @@ def _source(record: VideoRecord, index: dict) -> tuple[pathlib.Path | None, tupl
     return index.get(record.video), record.clip
 
 
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def member_checksums(members: dict) -> dict:
     """{member name: hex SHA-256 of its bytes}: what a sample's json records and the reader verifies."""
     return {name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
-
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_name(path.name + _TMP + str(os.getpid()))
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def sample_json(record: VideoRecord, meta: dict, ann: Annotations, source: str) -> tuple[dict, list[str]]:
@@ -444,7 +431,7 @@ def make_shards(video_dir, annotation_file, out_dir, *, fmt: str = "activitynet"
                 split["num_samples"] += entries[name]["num_samples"]
         manifest["skipped"] = missing + [s for e in entries.values() for s in e["skipped"]]
         manifest["warnings"] = [w for e in entries.values() for w in e["warnings"]]
-        _write_json_atomic(out_dir / part_manifest_name(part), manifest)
+        write_json(manifest, out_dir / part_manifest_name(part), indent=1)
 
     if done:
         log.info("%s: keeping %d verified shard(s) from an earlier run", out_dir, len(done))
@@ -506,7 +493,7 @@ def _remove_leftovers(out_dir: pathlib.Path, shards: dict, owned=lambda name: Tr
         if not owned(path.name):
             continue
         stale_shard = _SHARD_RE.match(path.name) and path.name not in shards
-        if path.is_file() and (_TMP in path.name or stale_shard):
+        if path.is_file() and (_TMP in path.name or TEMP_RE.match(path.name) or stale_shard):
             log.info("%s: removing %s", out_dir, "leftover " + path.name if not stale_shard else "stale " + path.name)
             path.unlink()
 

@@ -16,8 +16,9 @@ import pathlib
 import re
 
 from ..atomic import write_json
+from ..hashing import sha256_file
 from .annotations import VideoRecord
-from .packing import _SHARD_RE, MANIFEST, sha256_file
+from .packing import _SHARD_RE, MANIFEST
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import torch
 import webdataset as wds
 
 from ..fidelity import Fidelity
+from ..seeding import numpy_seed
 from .packing import member_checksums
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
 from .shardlist import Shard, local_path
@@ -87,10 +88,6 @@ def fill_batch(plans: List[dict], size: int, train: bool, out: Optional[torch.Te
         plans.append(dict(plans[0], meta=dict(plans[0]["meta"], pad=plans[0]["meta"]["pad"] or not train)))
 
 
-def _seed(*values: int) -> int:
-    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
-
-
 class FrontEnd(torch.utils.data.IterableDataset):
     """Yields this worker's batches: {frames | plans, meta, fidelity, epoch, iteration, corrupt}."""
 
@@ -106,7 +103,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
         self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
         self.num_workers, self.prepare, self.foreground, self.stride = max(1, num_workers), prepare, foreground, stride
         self.shuffle_buffer, self.fills_frames = shuffle_buffer, fills_frames
-        order = (np.random.default_rng(_seed(seed, epoch)).permutation(len(shards)) if train
+        order = (np.random.default_rng(numpy_seed(seed, epoch)).permutation(len(shards)) if train
                  else np.arange(len(shards)))
         self.units: List[Tuple[int, int, Optional[int]]] = [
             (int(s), k, seg) for s in order for k, seg in shards[s].units()]
@@ -197,7 +194,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
             frames = snippet_frame_indices(num_frames, fid.L, fid.T, stride, start, end)
         except ValueError as exc:
             raise CorruptSample(str(exc)) from exc
-        rng = np.random.default_rng(_seed(self.seed, self.epoch, position))
+        rng = np.random.default_rng(numpy_seed(self.seed, self.epoch, position))
         crop = crop_params(int(info["height"]), int(info["width"]), fid.H, fid.W, self.train, rng)
         meta = {"id": str(info["id"]), "duration": float(info["duration"]), "fps": fps, "annotations": annotations,
                 "snippet_times": snippet_times(frames, fps), "key": sample["__key__"],
@@ -241,7 +238,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
         role = (worker + self.start) % self.num_workers  # the worker whose batches this one yields (module doc)
         order = list(self.worker_positions(role))
         if self.train and self.shuffle_buffer > 1:
-            seed = _seed(self.seed, self.epoch, self.rank, role, 1)
+            seed = numpy_seed(self.seed, self.epoch, self.rank, role, 1)
             order = list(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, seed=seed)(iter(order)))
         mine = self.worker_batches(role)
         skip = sum(k < self.start for k in mine)

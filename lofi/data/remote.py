@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 from webdataset.gopen import gopen
 
 from ..atomic import write_with
-from .packing import sha256_file
+from ..hashing import sha256_file
 from .shardlist import Shard, index_shard
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ identical files.
 
 *Speed.* Paths are computed for all frames at once (vectorized NumPy); a frame is a slice of the background texture
 plus, per object, one outer product over the object's own patch (squares have separable coverage). Frames are encoded
-straight to h264 at the target fps with PyAV. See :data:`PRESETS`.
+straight to h264 at the target fps with PyAV. See :data:`SYNTHETIC_PRESETS`.
 
 Outputs of :func:`make_synthetic` (in ``out_dir``): ``videos/ID.mp4`` + ``annotations.json`` (ActivityNet format,
 ``training``/``validation`` subsets) and ``clips/ID.mp4`` + ``clips.csv`` (Kinetics-style clip list:
@@ -80,7 +80,7 @@ _MIN_GAP_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SyntheticConfig:
+class SyntheticSpec:
     """Generator parameters. ``size``: (height, width) px; ``length``: video duration range (s); ``instances``: range
     of action instances per video; ``instance_fraction``: range of an instance's duration / the video's;
     ``distractors``: range of distractor objects; ``num_clips``/``clip_length``: the trimmed classification set."""
@@ -122,13 +122,13 @@ class SyntheticConfig:
         return sorted(list(CLASSES)[:self.num_classes])
 
 
-PRESETS = {
+SYNTHETIC_PRESETS = {
     # the demo's data: 40 videos (30 training, 10 validation) of 20-40 s at 128x160, 5 classes, and 200 clips of
     # 2-3.2 s; ~8 MB of video; generates and packs in well under a minute on 2 CPU cores
-    "demo": SyntheticConfig(),
+    "demo": SyntheticSpec(),
     # the reproduction study's benchmark: 400 videos of 30-90 s at 224x288, all 12 classes, 1-3 distractors, and
     # 1600 clips of 2-4 s; ~430k frames, ~0.2 GB; about 12 CPU-core minutes to generate (about 1 minute on 16 cores)
-    "bench": SyntheticConfig(num_videos=400, num_classes=12, size=(224, 288), length=(30.0, 90.0),
+    "bench": SyntheticSpec(num_videos=400, num_classes=12, size=(224, 288), length=(30.0, 90.0),
                              distractors=(1, 3), num_clips=1600, clip_length=(2.0, 4.0)),
 }
 
@@ -239,7 +239,7 @@ def actor_path(rng, t, instances, lo, hi, short, speed, still: bool) -> np.ndarr
 
 
 # ---------------------------------------------------------------- specs
-def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
+def _domain_look(rng, cfg: SyntheticSpec, domain: str) -> dict:
     d = DOMAINS[domain]
     short = min(cfg.size)
     return {"colour": d["colours"][rng.integers(len(d["colours"]))] * rng.uniform(0.85, 1.0),
@@ -248,7 +248,7 @@ def _domain_look(rng, cfg: SyntheticConfig, domain: str) -> dict:
             "n_distractors": int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))}
 
 
-def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, float, str]]:
+def _instances(rng, cfg: SyntheticSpec, duration: float) -> list[tuple[float, float, str]]:
     """1-3 non-overlapping (start, end, label) in seconds, on frame times, at least ``_MIN_GAP_S`` apart (5% of the
     video if that is less) so that consecutive instances of one class stay separable."""
     n = int(rng.integers(cfg.instances[0], cfg.instances[1] + 1))
@@ -270,7 +270,7 @@ def _instances(rng, cfg: SyntheticConfig, duration: float) -> list[tuple[float, 
     return out
 
 
-def video_spec(cfg: SyntheticConfig, index: int) -> dict:
+def video_spec(cfg: SyntheticSpec, index: int) -> dict:
     """Everything about TAL video ``index``: ``{id, subset, num_frames, instances [(s, e, label)], paths (N, F, 2),
     look}``; the actor is object 0."""
     rng = np.random.default_rng([cfg.seed, 0, index])
@@ -286,7 +286,7 @@ def video_spec(cfg: SyntheticConfig, index: int) -> dict:
             "paths": paths, "look": look}
 
 
-def clip_spec(cfg: SyntheticConfig, index: int) -> dict:
+def clip_spec(cfg: SyntheticSpec, index: int) -> dict:
     """Trimmed clip ``index`` of the shifted source set: the actor performs one action for the whole clip."""
     rng = np.random.default_rng([cfg.seed, 1, index])
     num_frames = int(round(rng.uniform(*cfg.clip_length) * cfg.fps))
@@ -313,7 +313,7 @@ def _paths(rng, cfg, look, num_frames, instances, still) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- rendering
-def _background(rng, cfg: SyntheticConfig, style: str, num_frames: int):
+def _background(rng, cfg: SyntheticSpec, style: str, num_frames: int):
     """A texture (H + 2p, W + 2p, 3) float32 and the panning window: frame f is ``tex[rows[f]][:, cols[f]]``."""
     h, w = cfg.size
     pad = max(4, min(cfg.size) // 8)
@@ -337,7 +337,7 @@ def _background(rng, cfg: SyntheticConfig, style: str, num_frames: int):
     return tex, rows, cols
 
 
-def render(spec: dict, cfg: SyntheticConfig):
+def render(spec: dict, cfg: SyntheticSpec):
     """Yield the frames of ``spec`` as uint8 arrays (H, W, 3): the panning background window, then each object
     composited (anti-aliased square, separable coverage) over its own small patch."""
     h, w = cfg.size
@@ -363,7 +363,7 @@ def render(spec: dict, cfg: SyntheticConfig):
         yield frame
 
 
-def _write_video(spec: dict, cfg: SyntheticConfig, path: pathlib.Path) -> None:
+def _write_video(spec: dict, cfg: SyntheticSpec, path: pathlib.Path) -> None:
     writer = VideoWriter(Encoding(fps=cfg.fps, short_side=0, quality=cfg.quality, threads=1),
                          (cfg.size[1], cfg.size[0]))
     try:
@@ -393,15 +393,15 @@ def _clip_task(args):
     return {"video": spec["id"], "start": "", "end": "", "label": spec["label"], "split": spec["split"]}
 
 
-def make_synthetic(out_dir, config: SyntheticConfig | str = "demo", *, workers: int | None = None,
+def make_synthetic(out_dir, config: SyntheticSpec | str = "demo", *, workers: int | None = None,
                    progress: bool = True, **overrides) -> dict[str, pathlib.Path]:
-    """Generate the benchmark in ``out_dir`` from ``config`` (a :class:`SyntheticConfig` or a :data:`PRESETS` name)
+    """Generate the benchmark in ``out_dir`` from ``config`` (a :class:`SyntheticSpec` or a :data:`SYNTHETIC_PRESETS` name)
     with ``overrides`` (e.g. ``seed=1, num_videos=8, size=(64, 80)``).
 
     Returns paths ``{"videos", "annotations", "clips", "clip_list"}`` (see the module docstring)."""
     import tqdm
 
-    cfg = PRESETS[config] if isinstance(config, str) else config
+    cfg = SYNTHETIC_PRESETS[config] if isinstance(config, str) else config
     cfg = dataclasses.replace(cfg, **overrides)
     out = pathlib.Path(out_dir)
     paths = {"videos": out / "videos", "annotations": out / "annotations.json", "clips": out / "clips",

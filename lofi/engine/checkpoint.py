@@ -64,15 +64,6 @@ def load(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu")
         raise RuntimeError(f"{path} cannot be read: {e}") from e
 
 
-def file_hash(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    """sha256 of a file, hex (identifies the encoder checkpoint for the feature cache)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_hash(state_dict: Dict[str, torch.Tensor]) -> str:
     """sha256 over a state dict's names, shapes, dtypes and values (independent of the file it came from)."""
     h = hashlib.sha256()

@@ -17,7 +17,6 @@ where a reader consumes global RNG state inside its workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import random
 import time
@@ -28,6 +27,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 import numpy as np
 import torch
 
+from lofi.seeding import derive_seed
+
 from . import distributed as D
 from .checkpoint import Checkpointer, capture_rng, restore_rng
 from .logger import RunLogger, memory_mib
@@ -35,12 +36,6 @@ from .logger import RunLogger, memory_mib
 
 class BadLossError(RuntimeError):
     """Raised after ``max_bad_steps`` consecutive steps with a NaN or infinite loss."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across runs and machines)."""
-    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def reseed(seed: int) -> None:

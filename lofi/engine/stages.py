@@ -14,11 +14,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lofi.config import RESUME_FREE, Config, ConfigError, OptimConfig, config_changes, stage_key, to_dict
+from lofi.config import RESUME_FREE, Config, ConfigError, OptimConfig, config_changes, stage_key, to_dict, upgrade
 from lofi.fidelity import Fidelity, LoFiSchedule
 
 from . import distributed as D
-from .checkpoint import Checkpointer, atomic_save, file_hash, load
+from lofi.hashing import sha256_file
+
+from .checkpoint import Checkpointer, atomic_save, load
 from .feature_cache import Entry, FeatureCache, FeatureLoader, load_external
 from .global_loss import GlobalBatchLoss
 from .logger import RunLogger
@@ -92,7 +94,7 @@ def shards_hash(shards: str) -> str:
     if is_remote(shards):
         return manifest_sha256(shards)
     manifest = Path(shards) / "manifest.json"
-    return file_hash(manifest) if manifest.is_file() else str(shards)
+    return sha256_file(manifest) if manifest.is_file() else str(shards)
 
 
 def labels_of(meta: List[dict], key: str = "label_id") -> torch.Tensor:
@@ -136,7 +138,7 @@ def resume_state(ctx: Context, ckpt: Checkpointer, stage: str, config: Optional[
         return None
     state = load(path)
     saved = state.get("config")
-    changes = [] if saved is None else config_changes(saved, config or to_dict(ctx.cfg),
+    changes = [] if saved is None else config_changes(upgrade(saved), config or to_dict(ctx.cfg),
                                                       (*RESUME_FREE, *DOWNSTREAM[stage]))
     if changes and ctx.resume == "auto":
         raise ConfigError(f"--resume auto: {path} was written with another config ({'; '.join(changes)}). Start a "
@@ -386,7 +388,7 @@ def subset_features(ctx: Context, subset: str, encoder_path: str) -> Dict[str, E
             features = fetch_file(features, cfg.data.cache_dir, cfg.data.fetch_retries)
         return load_external(features, metas, cfg.fidelity.L, cfg.head.feature_layout, cfg.head.video_info)
     fid = full_fidelity(cfg)
-    key = {"encoder": file_hash(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
+    key = {"encoder": sha256_file(encoder_path), "encoder_name": cfg.model.encoder, "fidelity": str(fid), "subset": subset,
            "shards": shards_hash(cfg.data.shards)}
     cache = FeatureCache(Path(cfg.head.cache_dir or ctx.run_dir / "features") / subset, key)
     if not D.broadcast_object(cache.valid()):  # rank 0 decides, so every rank takes the same (collective) path
@@ -572,7 +574,7 @@ def run_head(ctx: Context) -> Path:
     global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1])
     runs, dirs = [], {}
     # The features' encoder belongs to the recipe: --resume auto never continues a head trained on another one.
-    saved_config = dict(to_dict(cfg), head_encoder_sha256=file_hash(encoder_path))
+    saved_config = dict(to_dict(cfg), head_encoder_sha256=sha256_file(encoder_path))
     for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
         directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
         torch.manual_seed(cfg.seed)
