@@ -20,11 +20,13 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
+from lofi.stages import table
+from lofi.stages.table import stage_key  # noqa: F401  (re-exported: the config section of a stage)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-STAGES = ("acp", "acp+", "lofi", "head", "eval")
+STAGES = table.stage_names()
 # Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
-RESUME_FREE = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.synthetic.build", "checkpoint", "log",
-               "dist", "data.max_corrupt_fraction")
+RESUME_FREE = table.RUN_KEYS
 BatchSize = Union[int, Literal["auto"]]
 
 
@@ -101,7 +103,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: Literal["tsm_r18", "tsm_r34", "tsm_r50", "r2plus1d_18"] = "tsm_r18"
+    """``encoder`` and ``head``: names in lofi.models.registry's ENCODERS and HEADS."""
+    encoder: str = "tsm_r18"
+    head: str = "gtad"
     weights: Optional[str] = None
     frozen_bn: bool = False
     channels_last: bool = False
@@ -201,7 +205,7 @@ class Config:
     seed: int = 0
     deterministic: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    stages: List[Literal["acp", "acp+", "lofi", "head", "eval"]] = field(
+    stages: List[Literal[STAGES]] = field(
         default_factory=lambda: ["acp", "lofi", "head", "eval"])
     max_bad_steps: int = 5
     fidelity: FidelityConfig = field(default_factory=FidelityConfig)
@@ -221,11 +225,6 @@ class Config:
     def run_dir(self) -> Path:
         """``work_dir/name``: everything a run writes."""
         return Path(self.work_dir) / self.name
-
-
-def stage_key(stage: str) -> str:
-    """The config section of a stage name (``acp+`` → ``acp_plus``)."""
-    return "acp_plus" if stage == "acp+" else stage
 
 
 # ---------------------------------------------------------------------------------------------------------- typing
@@ -437,7 +436,7 @@ def upgrade(tree: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def from_dict(tree: Dict[str, Any]) -> Config:
-    """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint, :func:`upgrade`\ d); types are
+    """A Config from ``to_dict`` output (e.g. the one stored in a checkpoint; its legacy keys upgraded); types are
     checked, paths are not."""
     return _build(Config, upgrade(tree))
 
@@ -534,13 +533,16 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
         errors.append(f"lofi.schedule.r_t: fidelity.L={cfg.fidelity.L} is not divisible by r_t={sch.r_t}")
     if uses_st and sch.st_r_t > 0 and cfg.fidelity.L % sch.st_r_t:
         errors.append(f"lofi.schedule.st_r_t: fidelity.L={cfg.fidelity.L} is not divisible by st_r_t={sch.st_r_t}")
-    for stage in ("acp", "acp_plus"):
-        _check_fidelity(errors, f"{stage}.fidelity", getattr(cfg, stage).fidelity)
-    for stage in ("acp", "acp_plus", "lofi", "head"):
-        section = getattr(cfg, stage)
-        _positive(errors, f"{stage}.epochs", section.epochs, allow_zero=True)
-        _check_batch(errors, f"{stage}.batch_size", section.batch_size, world_size)
-        _check_optim(errors, f"{stage}.optim", section.optim)
+    for row in table.TABLE:  # the sections of the training stages
+        if not row.checkpoints:
+            continue
+        section = getattr(cfg, row.section)
+        if isinstance(getattr(section, "fidelity", None), FidelityConfig):
+            _check_fidelity(errors, f"{row.section}.fidelity", section.fidelity)
+        _positive(errors, f"{row.section}.epochs", section.epochs, allow_zero=True)
+        _check_batch(errors, f"{row.section}.batch_size", section.batch_size, world_size)
+        _check_optim(errors, f"{row.section}.optim", section.optim)
+    _check_models(errors, cfg.model)
     for i, lr in enumerate(cfg.head.lr_search):
         _positive(errors, f"head.lr_search[{i}]", lr)
     _positive(errors, "head.cache_shard_size", cfg.head.cache_shard_size)
@@ -578,17 +580,28 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
+def _check_models(errors: List[str], model: ModelConfig) -> None:
+    """model.encoder and model.head name registered builders."""
+    from lofi.models.registry import ENCODERS, HEADS  # torch: imported only when a config is validated
+    for key, registry in (("encoder", ENCODERS), ("head", HEADS)):
+        name = getattr(model, key)
+        if name not in registry:
+            errors.append(f"model.{key}: unknown {key} {name!r}; registered: {', '.join(registry)}")
+
+
+def subset_names(cfg: Config, subsets: Sequence[str]) -> List[str]:
+    """The table's subset roles ("train", "val") as this config's subset names."""
+    return [cfg.data.train_subset if s == "train" else cfg.data.val_subset for s in subsets]
+
+
 def _check_paths(cfg: Config, stages: Sequence[str], errors: List[str]) -> None:
-    problem = "acp" in stages and _shards_problem(cfg, cfg.data.clip_shards, [cfg.data.train_subset])
-    if problem:
-        errors.append(f"data.clip_shards: stage acp needs classification shards, and {problem} "
-                      "(make them with tools/make_shards.py --format clips, or drop acp and set model.weights)")
-    from_shards = not cfg.head.features  # head and eval read external features instead
-    subsets = [cfg.data.train_subset] if {"acp+", "lofi"} & set(stages) or ("head" in stages and from_shards) else []
-    subsets += [cfg.data.val_subset] if {"head", "eval"} & set(stages) and from_shards else []
-    problem = subsets and _shards_problem(cfg, cfg.data.shards, list(dict.fromkeys(subsets)))
-    if problem:
-        errors.append(f"data.shards: {problem} (make the shards with tools/make_shards.py)")
+    for key, subsets in table.shard_needs(stages, external_features=bool(cfg.head.features)).items():
+        problem = _shards_problem(cfg, getattr(cfg.data, key), list(dict.fromkeys(subset_names(cfg, subsets))))
+        if problem:
+            shard_set = table.SHARD_SETS[key]
+            need = (f"stage {', '.join(table.users(key, stages))} needs {shard_set.what}, and "
+                    if shard_set.what else "")
+            errors.append(f"data.{key}: {need}{problem} ({shard_set.hint})")
     for key, value in (("model.weights", cfg.model.weights), ("head.features", cfg.head.features),
                        ("head.annotations", cfg.head.annotations), ("head.video_info", cfg.head.video_info),
                        ("postprocess.classifier_file", cfg.postprocess.classifier_file)):

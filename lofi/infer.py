@@ -13,6 +13,7 @@ window exits with status 1 and the decoder's error.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -29,16 +30,16 @@ from lofi.data.sampling import snippet_frame_indices, snippet_times
 from lofi.data.spatial import crop_params
 from lofi.engine.checkpoint import UnsafeFileError
 from lofi.engine.plots import plot_timelines
-from lofi.engine.report import load_head
-from lofi.models import build_encoder
+from lofi.models import encoder_from_config
+from lofi.models.tal import load_head
 from lofi.atomic import write_json
 from lofi.filenames import video_path
-from lofi.postprocess import result_json
+from lofi.ops import soft_nms
+from lofi.postprocess import detect, result_json
 
 
 def probe(encoded: bytes, path: str) -> Tuple[int, float, Tuple[int, int]]:
     """(number of frames, frames per second, (height, width)) of an encoded video."""
-    import io
     try:
         with av.open(io.BytesIO(encoded)) as container:
             stream = container.streams.video[0]
@@ -73,8 +74,7 @@ class Detector:
         self.head, bundle = load_head(Path(checkpoint), self.device)
         self.cfg = from_dict(bundle["config"])
         self.classes = bundle["classes"]
-        m = self.cfg.model
-        self.encoder = build_encoder(bundle["encoder_name"], channels_last=m.channels_last, amp=m.amp)
+        self.encoder = encoder_from_config(self.cfg.model, name=bundle["encoder_name"])
         self.encoder.load_state_dict(bundle["encoder"])
         self.encoder.to(self.device).eval()
 
@@ -90,8 +90,6 @@ class Detector:
     @torch.no_grad()
     def __call__(self, path: str, window_s: Optional[float] = None) -> Dict[str, object]:
         """{"id", "duration" s, "detections": [{label, score, segment [s, e] s}], "classifier"} for one video."""
-        from lofi.ops import soft_nms
-        from lofi.postprocess import detect
         encoded = Path(path).read_bytes()
         num_frames, fps, size = probe(encoded, path)
         duration = num_frames / fps

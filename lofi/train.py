@@ -10,9 +10,11 @@ Everything is written under ``work_dirs/NAME/``. A stage that holds an earlier r
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -22,11 +24,15 @@ import yaml
 from lofi.atomic import remove_stale_temps
 from lofi.config import STAGES, Config, ConfigError, load_config, stage_key, to_dict
 from lofi.data import CorruptLimitError
+from lofi.data.packing import make_shards
+from lofi.data.remote import is_remote
+from lofi.data.synthetic import make_synthetic
 
 from .engine import distributed as D
 from .engine.checkpoint import UnsafeFileError, stage_checkpoints
 from .engine.logger import RunLogger, read_log
-from .engine.stages import Context, run_classification, run_head, run_lofi
+from .stages import table
+from .stages.base import Context
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -47,17 +53,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def ensure_synthetic(cfg: Config, stages: Sequence[str], log: RunLogger) -> None:
-    """Builds the synthetic benchmark's shards that ``stages`` need and that are missing: data.clip_shards (acp)
-    and data.shards (the other stages, unless head.features replaces them). Existing shards are never touched."""
-    from lofi.data.packing import make_shards
-    from lofi.data.remote import is_remote
-    from lofi.data.synthetic import make_synthetic
+    """Builds the synthetic benchmark's shards that ``stages`` read (the stage table's ``data``) and that are
+    missing: data.clip_shards (acp) and data.shards (the other stages, unless head.features replaces them). Existing
+    shards are never touched."""
     syn = cfg.data.synthetic
-    needed = []
-    if "acp" in stages and cfg.data.clip_shards:
-        needed.append(("clips", "clip_list", "clips", cfg.data.clip_shards))
-    if set(stages) - {"acp"} and not cfg.head.features:
-        needed.append(("videos", "annotations", "activitynet", cfg.data.shards))
+    needed = [(*table.SHARD_SETS[key].synthetic, path)
+              for key in table.shard_needs(stages, external_features=bool(cfg.head.features))
+              if (path := getattr(cfg.data, key))]
     needed = [n for n in needed if not is_remote(n[3]) and not (Path(n[3]) / "manifest.json").is_file()]
     if not needed:
         return
@@ -95,7 +97,8 @@ def claim_stage_dirs(cfg: Config, stages: Sequence[str], resume: Optional[str], 
     the temporary files killed saves left in the run's stage folders. Files are removed on rank 0 only. Returns
     what it did, to log."""
     stage_dir = {s: cfg.run_dir / stage_key(s) for s in STAGES}
-    held = {s: found for s in stages if s != "eval" and resume is None and (found := stage_checkpoints(stage_dir[s]))}
+    held = {s: found for s in stages if table.get(s).checkpoints and resume is None
+            and (found := stage_checkpoints(stage_dir[s]))}
     if held and not overwrite:
         raise ConfigError("; ".join(f"--stage {s}: {stage_dir[s]} holds checkpoints of an earlier run "
                                     f"({', '.join(str(p.relative_to(stage_dir[s])) for p in found)})"
@@ -105,7 +108,9 @@ def claim_stage_dirs(cfg: Config, stages: Sequence[str], resume: Optional[str], 
         return []
     notes = []
     if overwrite:
-        doomed = [p for found in held.values() for p in found] + [cfg.run_dir / "model.pt"] * ("head" in stages)
+        doomed = [p for found in held.values() for p in found] + [
+            cfg.run_dir / out for s in stages if table.get(s).checkpoints for out in table.get(s).outputs
+            if not out.startswith(stage_key(s) + "/")]
         for path in doomed:
             path.unlink(missing_ok=True)
         notes += [f"--overwrite: deleted the earlier checkpoints of {', '.join(held)}"] if held else []
@@ -120,8 +125,8 @@ def claim_stage_dirs(cfg: Config, stages: Sequence[str], resume: Optional[str], 
 
 def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo, overwrite: bool = False
         ) -> Optional[dict]:
-    """Runs ``stages`` in order; returns the eval metrics (rank 0) when eval ran."""
-    from .engine.report import run_eval
+    """Runs ``stages`` in order, each by its module's ``run(ctx)`` (the stage table); returns the metrics (rank 0)
+    of the last stage that returned any (eval)."""
     notes = claim_stage_dirs(cfg, stages, resume, overwrite, info.is_main)
     log = RunLogger(cfg.run_dir, enabled=info.is_main, tensorboard=cfg.log.tensorboard, progress=cfg.log.progress)
     ctx = Context(cfg, info, log, resume)
@@ -138,14 +143,8 @@ def run(cfg: Config, stages: List[str], resume: Optional[str], info: D.DistInfo,
     try:
         for stage in stages:
             t0 = time.perf_counter()
-            if stage in ("acp", "acp+"):
-                run_classification(ctx, stage)
-            elif stage == "lofi":
-                run_lofi(ctx)
-            elif stage == "head":
-                run_head(ctx)
-            else:
-                metrics = run_eval(ctx)
+            result = importlib.import_module(table.get(stage).module).run(replace(ctx, stage=stage))
+            metrics = result if isinstance(result, dict) else metrics
             seconds = time.perf_counter() - t0
             rate = stage_throughput(cfg.run_dir / "log.jsonl", stage) if info.is_main else None
             log.metrics(f"time_{stage_key(stage)}", {"seconds": seconds, "videos_per_s": rate,

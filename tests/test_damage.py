@@ -208,7 +208,7 @@ def test_extract_features_skips_damage_and_stops_at_the_limit(tmp_path):
     import torch
     from subproc import REPO, child_env
 
-    from lofi.models import build_encoder
+    from lofi.models import GTAD, build_encoder
 
     write_shards(str(tmp_path / "shards"), "training", items(4, frames=30), per_shard=2)
     zero_member_bytes(str(tmp_path / "shards" / "training-000000.tar"), "vid1.mp4", 0.5, 64)
@@ -230,14 +230,14 @@ def test_extract_features_skips_damage_and_stops_at_the_limit(tmp_path):
 
 
 def test_infer_skips_a_damaged_window(tmp_path):
-    from lofi.engine.stages import HeadModel
+    from lofi.models.tal import HeadModel
     from lofi.infer import Detector
-    from lofi.models import build_encoder
+    from lofi.models import GTAD, build_encoder
 
     detector = object.__new__(Detector)  # a randomly initialised model: only the decoding is under test
     detector.device, detector.classes = torch.device("cpu"), ["a", "b"]
     detector.cfg = load_config(None, ["fidelity.L=4", "fidelity.T=2", "fidelity.size=32"], check_paths=False)
-    detector.encoder, detector.head = build_encoder("tsm_r18").eval(), HeadModel(512, 2, fused=False).eval()
+    detector.encoder, detector.head = build_encoder("tsm_r18").eval(), HeadModel(GTAD(512, fused=False), 512, 2).eval()
     source = encode_video(60, 48, 64, codec="libvpx-vp9", gop=8, seed=1)  # 4 s, a keyframe every 8 frames
     (tmp_path / "clip.mp4").write_bytes(damage_frame(source, 2, count=1 << 20))  # in the first 2 s window only
     fid = detector.cfg.fidelity

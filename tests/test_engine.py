@@ -133,7 +133,7 @@ def test_split_batch():
 
 def test_auto_micro_batch_scales_with_budget():
     from lofi.engine.memory import auto_micro_batch, per_video_bytes
-    from lofi.engine.stages import EndToEnd
+    from lofi.models.tal import EndToEnd
     from lofi.fidelity import Fidelity
     from lofi.models import GTAD, build_encoder
     torch.manual_seed(0)
@@ -196,7 +196,7 @@ def test_auto_micro_batch_leaves_the_model_and_rng_untouched(device):
     # The probe runs train-mode forwards on random frames: without care it moves every BatchNorm buffer of a
     # pretrained encoder and draws from the global RNG before training starts.
     from lofi.engine.memory import auto_micro_batch
-    from lofi.engine.stages import EndToEnd
+    from lofi.models.tal import EndToEnd
     from lofi.fidelity import Fidelity
     from lofi.models import GTAD, build_encoder
     torch.manual_seed(0)

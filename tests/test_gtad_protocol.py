@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from lofi.config import load_config
-from lofi.engine import stages
+from lofi.stages import features, head as head_stage
+from lofi.stages.base import Context
 from lofi.engine.distributed import DistInfo
 from lofi.engine.feature_cache import load_external, read_video_info
 from lofi.engine.logger import RunLogger
@@ -51,9 +52,9 @@ def test_head_select_by_val_loss_or_map_reports_both(tmp_path, monkeypatch, sele
         loss, average_map = SCRIPT[(current_lr, (len(calls) - 1) % 3 + 1)]
         return {"average_mAP": average_map, "mAP": [average_map], "val_loss": loss}
 
-    monkeypatch.setattr(stages, "score", scripted_score)
+    monkeypatch.setattr(head_stage, "score", scripted_score)
     log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
-    path = stages.run_head(stages.Context(cfg, DistInfo(), log))
+    path = head_stage.run(Context(cfg, DistInfo(), log, stage="head"))
     log.close()
     assert len(calls) == 6 and all(set(r["detections"]) == {"v0", "v1"} for r in calls)
     head = json.loads((cfg.run_dir / "metrics.json").read_text())["head"]
@@ -80,7 +81,7 @@ def test_video_info_time_base_gives_gtad_labels(tmp_path):
     info.write_text("video,numFrame,seconds,fps,rfps,subset,featureFrame\n"
                     "v_abc,3000,100.0,30.0,30,training,2400\nv_other,100,4.0,25.0,25,validation,96\n")
     assert read_video_info(info) == {"v_abc": 80.0, "v_other": pytest.approx(3.84)}
-    metas = {"abc": stages.annotation_metas(load_config(None, [f"head.features={feats}", f"head.annotations={gt}"],
+    metas = {"abc": features.annotation_metas(load_config(None, [f"head.features={feats}", f"head.annotations={gt}"],
                                                         check_paths=False))["abc"]}
     L = 8
     _, meta = load_external(feats, metas, L, video_info=info)["abc"]

@@ -176,7 +176,8 @@ def test_resume_checks_the_keys_the_stage_depends_on(tmp_path):
     from lofi.engine.checkpoint import Checkpointer
     from lofi.engine.distributed import DistInfo
     from lofi.engine.logger import RunLogger
-    from lofi.engine.stages import Context, resume_state
+    from lofi.stages.base import Context
+    from lofi.stages.resume import resume_state
     saved = load_config(None, ["lofi.schedule.c_s=16"], check_paths=False)
     ckpt = Checkpointer(tmp_path / "lofi")
     ckpt.save({"config": to_dict(saved), "position": {"epoch": 1, "iteration": 0}}, step_file=False)
@@ -205,7 +206,7 @@ def test_resume_path_applies_changed_epochs_and_optimizer(tmp_path):
     from lofi.engine.distributed import DistInfo
     from lofi.engine.logger import RunLogger
     from lofi.engine.loop import Trainer
-    from lofi.engine.stages import Context, make_optimizer, run_trainer
+    from lofi.stages.base import Context, make_optimizer, run_trainer
     log = RunLogger(tmp_path / "run", tensorboard=False, progress=False)
     data = [{"x": torch.randn(4, 3, generator=torch.Generator().manual_seed(i)), "y": torch.ones(4, 1)}
             for i in range(3)]

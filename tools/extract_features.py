@@ -21,7 +21,8 @@ from lofi.data import CorruptLimitError  # noqa: E402
 from lofi.engine import distributed as D  # noqa: E402
 from lofi.engine.checkpoint import UnsafeFileError  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
-from lofi.engine.stages import Context, subset_features  # noqa: E402
+from lofi.stages.base import Context  # noqa: E402
+from lofi.stages.features import subset_features  # noqa: E402
 from lofi.filenames import video_path  # noqa: E402
 
 

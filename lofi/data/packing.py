@@ -1,4 +1,4 @@
-"""Videos + annotations → WebDataset shards (issue 3 §1).
+"""Videos + annotations → WebDataset shards.
 
 Layout: ``OUT/{subset}-{NNNNNN}.tar``, one sample per video: ``KEY.mp4`` (the transcoded stream, no audio) and
 ``KEY.json`` ``{id, subset, duration, fps, num_frames, width, height, orig_fps, orig_duration, annotations: [{segment,

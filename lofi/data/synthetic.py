@@ -1,4 +1,4 @@
-"""A synthetic temporal action localization benchmark whose classes are motions (issue 3 §2).
+"""A synthetic temporal action localization benchmark whose classes are motions.
 
 Design
 ------

@@ -3,14 +3,10 @@
 Every snippet of T frames is encoded independently (a TSM clip, or an R(2+1)D clip), so nothing crosses snippet
 boundaries and the encoder can be chunked over snippets for activation checkpointing (OpenTAD's temporal checkpointing).
 """
-from typing import Optional
-
 import torch
 import torchvision
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
-from .weights import load_encoder_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,7 +16,6 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 TSM_DEPTHS = {"tsm_r18": torchvision.models.resnet18, "tsm_r34": torchvision.models.resnet34,
               "tsm_r50": torchvision.models.resnet50}
-ENCODERS = tuple(TSM_DEPTHS) + ("r2plus1d_18",)
 
 
 def temporal_shift(x: torch.Tensor, segments: int, fold_div: int = 8) -> torch.Tensor:
@@ -187,24 +182,3 @@ class R2Plus1DEncoder(SnippetEncoder):
         x = x.transpose(1, 2)  # (N, 3, T, H, W)
         x = x.contiguous(memory_format=torch.channels_last_3d) if self.channels_last else x.contiguous()
         return self.backbone(x)
-
-
-def build_encoder(name: str = "tsm_r18", weights: Optional[str] = None, frozen_bn: bool = False,
-                  channels_last: bool = False, checkpoint_chunks: int = 0, amp: bool = True) -> SnippetEncoder:
-    """Builds an encoder by name (``tsm_r18|tsm_r34|tsm_r50|r2plus1d_18``) and loads ``weights`` from a local file.
-
-    ``weights``: a torchvision state dict, a LoFi checkpoint or an mmaction2 TSM checkpoint (see lofi.models.weights);
-    None leaves the random initialization. ``checkpoint_chunks`` > 1 recomputes activations per chunk of snippets in
-    backward. ``amp``: bf16 autocast when the input is on a GPU.
-    """
-    if name in TSM_DEPTHS:
-        enc = TSMEncoder(name, frozen_bn=frozen_bn, channels_last=channels_last, checkpoint_chunks=checkpoint_chunks,
-                         amp=amp)
-    elif name == "r2plus1d_18":
-        enc = R2Plus1DEncoder(frozen_bn=frozen_bn, channels_last=channels_last, checkpoint_chunks=checkpoint_chunks,
-                              amp=amp)
-    else:
-        raise ValueError(f"unknown encoder {name!r}; choose from {list(ENCODERS)}")
-    if weights is not None:
-        load_encoder_weights(enc, weights)
-    return enc

@@ -12,21 +12,18 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from lofi.atomic import write_json
 from lofi.config import ConfigError
+from lofi.engine import distributed as D
+from lofi.engine.checkpoint import atomic_save, state_hash
+from lofi.engine.feature_cache import Entry, FeatureLoader
+from lofi.engine.plots import plot_curves, plot_timelines
+from lofi.evaluation import evaluate_detection, evaluate_proposals
+from lofi.models.tal import load_head
+from lofi.postprocess import detect, result_json
 
-from . import distributed as D
-from .checkpoint import atomic_save, load, state_hash
-from .feature_cache import Entry, FeatureLoader
-from .plots import plot_curves, plot_timelines
-from .stages import Context, HeadModel, encoder_source, gt_database, make_encoder, predict, subset_features
-
-
-def load_head(path: Path, device: torch.device) -> tuple[HeadModel, Dict[str, Any]]:
-    """The head stage's ``model.pt`` → (HeadModel in eval mode, the bundle)."""
-    bundle = load(path)
-    model = HeadModel(bundle["in_dim"], len(bundle["classes"]), bundle["config"]["model"]["gtad_fused"])
-    model.load_state_dict(bundle["head"])
-    return model.to(device).eval(), bundle
+from .base import Context, encoder_source, make_encoder
+from .features import gt_database, predict, subset_features
 
 
 def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) -> str:
@@ -56,7 +53,6 @@ def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) 
 def random_detections(entries: Dict[str, Entry], class_scores: Dict[str, List[float]], classes: List[str],
                       ctx: Context) -> Dict[str, list]:
     """Detections from uniform random G-TAD outputs (seeded by eval.baseline_seed) with the model's class scores."""
-    from lofi.postprocess import detect
     pp = ctx.cfg.postprocess
     g = torch.Generator().manual_seed(ctx.cfg.eval.baseline_seed)
     out: Dict[str, list] = {}
@@ -79,11 +75,8 @@ def table(tious: List[float], rows: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[str, Any]]:
+def run(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[str, Any]]:
     """Evaluates ``model.pt`` on the validation subset; returns the metrics on rank 0 (None elsewhere)."""
-    from lofi.evaluation import evaluate_detection, evaluate_proposals
-    from lofi.atomic import write_json
-    from lofi.postprocess import result_json
     cfg, info = ctx.cfg, ctx.info
     model_path = model_path or ctx.run_dir / "model.pt"
     model, bundle = load_head(model_path, info.device)

@@ -1,0 +1,176 @@
+"""The stage table drives validation, resume, the synthetic data building and the dispatch; the encoder and head
+registries drive model.encoder / model.head; inference does not load the stage wiring."""
+import dataclasses
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lofi.config import ConfigError, from_dict, load_config, to_dict
+from lofi.engine.checkpoint import atomic_save
+from lofi.engine.distributed import DistInfo
+from lofi.engine.logger import RunLogger
+from lofi.stages import table
+from lofi.stages.table import ShardNeed
+from subproc import REPO, child_env
+
+OFFLINE = ["log.tensorboard=false", "log.progress=false"]
+
+
+@pytest.fixture
+def extra_stage(monkeypatch):
+    """A hypothetical stage ``extra`` after eval, with its own section ``extra_sec``, reading the clip set."""
+    row = table.Stage("extra", "lofi.stages.eval", "extra_sec", ("extra/out.json",),
+                      (ShardNeed("clip_shards", ("val",)),), encoder_from=("lofi",), checkpoints=False)
+    monkeypatch.setattr(table, "TABLE", (*table.TABLE, row))
+    monkeypatch.setattr(table, "STAGES", {**table.STAGES, "extra": row})
+    return row
+
+
+def test_unknown_stage_error_lists_the_tables_stages():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, OFFLINE, stages=["pretrain"], check_paths=False)
+    assert "--stage: unknown stage(s) ['pretrain']" in str(e.value)
+    assert f"valid: {', '.join(table.stage_names())}, all" in str(e.value)
+    with pytest.raises(KeyError, match="unknown stage 'pretrain'; valid: acp, acp\\+, lofi, head, eval"):
+        table.get("pretrain")
+
+
+def test_resume_free_keys_come_from_the_table(extra_stage):
+    assert table.stage_key("acp+") == "acp_plus" and table.stage_key("extra") == "extra_sec"
+    # a stage's result depends on its own section and on what it reads, never on the sections after it
+    assert table.downstream("acp") == ("acp_plus", "lofi", "head", "postprocess", "eval", "extra_sec")
+    assert table.downstream("lofi") == ("head", "postprocess", "eval", "extra_sec")
+    assert table.downstream("head") == ("extra_sec",)  # it validates with postprocess and eval.tiou
+    assert table.resume_free("lofi") == (*table.RUN_KEYS, "head", "postprocess", "eval", "extra_sec")
+    assert table.recipe_free(["acp"]) == (*table.RUN_KEYS, "acp_plus", "lofi", "head", "postprocess", "eval",
+                                          "extra_sec")
+    assert table.recipe_free(["lofi", "head", "eval"]) == (*table.RUN_KEYS, "extra_sec")
+
+
+def test_resume_auto_ignores_exactly_the_tables_keys(tmp_path, extra_stage):
+    from lofi.stages.base import Context
+    from lofi.stages.resume import resume_state
+    cfg = load_config(None, [f"work_dir={tmp_path}", *OFFLINE], check_paths=False)
+
+    class Latest:  # stands in for the stage's Checkpointer
+        dir = tmp_path
+
+        def latest(self):
+            return tmp_path / "last.pt"
+
+    log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
+    ctx = Context(cfg, DistInfo(), log, resume="auto")
+    saved = to_dict(cfg)
+    saved["head"]["epochs"] += 1
+    saved["log"]["every_iters"] += 1
+    atomic_save({"config": saved}, tmp_path / "last.pt")
+    assert resume_state(ctx, Latest(), "lofi") is not None  # head is downstream of lofi; log is a run key
+    with pytest.raises(ConfigError, match=f"head.epochs: {cfg.head.epochs + 1} -> {cfg.head.epochs}"):
+        resume_state(ctx, Latest(), "head")
+    log.close()
+
+
+def test_the_table_decides_which_shards_validation_asks_for(tmp_path, monkeypatch):
+    overrides = [f"data.shards={tmp_path / 'none'}", f"data.clip_shards={tmp_path / 'no_clips'}",
+                 "data.synthetic.build=false", *OFFLINE]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides, stages=["acp"])
+    assert "data.clip_shards: stage acp needs classification shards" in str(e.value)
+    assert "data.shards" not in str(e.value)
+    lofi = dataclasses.replace(table.STAGES["lofi"], data=(ShardNeed("clip_shards", ("train",)),))
+    monkeypatch.setattr(table, "STAGES", {**table.STAGES, "lofi": lofi})
+    monkeypatch.setattr(table, "TABLE", tuple(lofi if r.name == "lofi" else r for r in table.TABLE))
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides, stages=["lofi"])
+    assert "data.clip_shards: stage lofi needs classification shards" in str(e.value)
+    assert "data.shards" not in str(e.value)
+
+
+@pytest.mark.parametrize("stages, features, built", [
+    (["acp"], False, ["clips"]), (["acp", "lofi", "head", "eval"], False, ["clips", "activitynet"]),
+    (["head", "eval"], True, []), (["lofi", "head"], True, ["activitynet"]), (["eval"], False, ["activitynet"])])
+def test_ensure_synthetic_builds_what_the_tables_stages_read(tmp_path, monkeypatch, stages, features, built):
+    import lofi.train as train
+    made = []
+    monkeypatch.setattr(train, "make_synthetic", lambda raw, preset, **kw: {
+        k: tmp_path / k for k in ("videos", "annotations", "clips", "clip_list")})
+    monkeypatch.setattr(train, "make_shards", lambda videos, annotations, out, fmt, **kw: made.append(fmt))
+    overrides = [f"data.shards={tmp_path / 's'}", f"data.clip_shards={tmp_path / 's' / 'clips'}", *OFFLINE]
+    overrides += [f"head.features={tmp_path}", f"head.annotations={tmp_path}"] if features else []
+    cfg = load_config(None, overrides, check_paths=False)
+    log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
+    train.ensure_synthetic(cfg, stages, log)
+    log.close()
+    assert made == built
+
+
+def test_every_stage_module_runs_from_the_table():
+    for row in table.TABLE:
+        assert callable(importlib.import_module(row.module).run), row.name
+        assert row.section is None or hasattr(from_dict({}), row.section), row.name
+        assert all(prev in table.STAGES and table.TABLE.index(table.STAGES[prev]) < table.TABLE.index(row)
+                   for prev in row.encoder_from), row.name
+
+
+@pytest.mark.parametrize("key, registry", [("encoder", "ENCODERS"), ("head", "HEADS")])
+def test_unknown_model_name_names_the_key_and_the_registry(key, registry):
+    import lofi.models.registry as R
+    names = list(getattr(R, registry))
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"model.{key}=nope", *OFFLINE], check_paths=False)
+    assert f"model.{key}: unknown {key} 'nope'; registered: {', '.join(names)}" in str(e.value)
+    assert load_config(None, [f"model.{key}={names[-1]}", *OFFLINE], check_paths=False)
+
+
+def test_registries_build_what_the_config_names():
+    from lofi.models import GTAD, VideoClassifier, build_encoder
+    from lofi.models.registry import ENCODERS, encoder_from_config, head_from_config
+    from lofi.models.tal import build_head_model
+    cfg = load_config(None, ["model.encoder=tsm_r34", "model.gtad_fused=false", *OFFLINE], check_paths=False)
+    assert type(encoder_from_config(cfg.model)).__name__ == "TSMEncoder" and ENCODERS["tsm_r34"].section == "model"
+    assert type(head_from_config(cfg.model, 16)) is GTAD and not head_from_config(cfg.model, 16).fused
+    with pytest.raises(ValueError, match=r"unknown encoder 'x'; choose from \['tsm_r18', "):
+        build_encoder("x")
+    # the head first, then the classifier: a seeded HeadModel draws what the G-TAD + classifier pair always drew
+    torch.manual_seed(0)
+    model = build_head_model(cfg.model, 16, 3)
+    torch.manual_seed(0)
+    gtad, classifier = GTAD(16, fused=False), VideoClassifier(16, 3)
+    expected = {**{f"gtad.{k}": v for k, v in gtad.state_dict().items()},
+                **{f"classifier.{k}": v for k, v in classifier.state_dict().items()}}
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()) and len(expected) == len(
+        model.state_dict())
+
+
+def test_make_trainer_takes_the_run_settings_from_the_config(tmp_path):
+    from lofi.stages.base import Context, make_optimizer, make_trainer
+    cfg = load_config(None, [f"work_dir={tmp_path}", "seed=7", "max_bad_steps=3", "checkpoint.keep=4",
+                             "log.every_iters=2", *OFFLINE], check_paths=False)
+    net = torch.nn.Linear(2, 1)
+    optimizer, scheduler = make_optimizer(net.parameters(), cfg.lofi.optim)
+    log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
+    trainer = make_trainer(Context(cfg, DistInfo(), log), "acp+", modules={"model": net}, step_fn=None,
+                           loader_fn=None, optimizer=optimizer, scheduler=scheduler, epochs=2, accum_steps=3)
+    log.close()
+    assert (trainer.seed, trainer.accum, trainer.epochs, trainer.stage) == (7, 3, 2, "acp+")
+    assert trainer.ckpt.dir == cfg.run_dir / "acp_plus" and trainer.ckpt.keep == 4
+    assert trainer.config == to_dict(cfg)
+
+
+def test_configs_saved_by_earlier_versions_still_load():
+    tree = to_dict(load_config(None, OFFLINE, check_paths=False))
+    tree["data"]["synthetic"]["fps"] = tree["data"]["synthetic"].pop("pack_fps") + 5
+    tree["eval"]["subset"] = "validation"
+    cfg = from_dict(tree)
+    assert cfg.data.synthetic.pack_fps == 20 and not hasattr(cfg.eval, "subset")
+
+
+def test_inference_does_not_load_the_stage_wiring():
+    code = ("import sys, lofi.infer; print(sorted(m for m in sys.modules if m.startswith(('lofi.stages', "
+            "'lofi.engine.stages', 'lofi.engine.report', 'lofi.train'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['lofi.stages', 'lofi.stages.table']"  # the declarative table only (the config reads it)
