@@ -216,7 +216,7 @@ def test_resume_path_applies_changed_epochs_and_optimizer(tmp_path):
                                  *overrides], check_paths=False)
         model = torch.nn.Linear(3, 1)
         optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
-        trainer = Trainer(stage="lofi", modules={"model": model}, loader_fn=lambda e: data,
+        trainer = Trainer(stage="lofi", modules={"model": model}, loader_fn=lambda e, start: data,
                           step_fn=lambda b, g: (((model(b["x"]) - b["y"]) ** 2).mean(), {}), optimizer=optimizer,
                           scheduler=scheduler, epochs=cfg.lofi.epochs, info=DistInfo(), logger=log, seed=0,
                           checkpointer=Checkpointer(tmp_path / "lofi"), log_every=1, config=to_dict(cfg))
