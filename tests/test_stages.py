@@ -48,6 +48,10 @@ def test_resume_free_keys_come_from_the_table(extra_stage):
     assert table.recipe_free(["acp"]) == (*table.RUN_KEYS, "acp_plus", "lofi", "head", "postprocess", "eval",
                                           "extra_sec")
     assert table.recipe_free(["lofi", "head", "eval"]) == (*table.RUN_KEYS, "extra_sec")
+    tree = to_dict(load_config(None, OFFLINE, check_paths=False))
+    kept = table.recipe(tree, ["acp"])
+    assert "acp" in kept and "lofi" not in kept and "log" not in kept and "build" not in kept["data"]["synthetic"]
+    assert kept["data"]["synthetic"]["preset"] == tree["data"]["synthetic"]["preset"] and "log" in tree
 
 
 def test_resume_auto_ignores_exactly_the_tables_keys(tmp_path, extra_stage):

@@ -18,8 +18,8 @@ from lofi.engine.global_loss import GlobalBatchLoss
 from lofi.hashing import sha256_file
 from lofi.models.tal import build_head_model
 
-from .base import Context, batch_plan, encoder_source, export_encoder, make_encoder, make_optimizer, make_trainer, \
-    run_trainer
+from .base import (Context, batch_plan, encoder_source, export_encoder, make_encoder, make_optimizer, make_trainer,
+                   run_trainer)
 from .features import class_names, gt_database, predict, score, subset_features
 
 

@@ -3,7 +3,7 @@ resume-free keys), and how a changed optimizer recipe applies from the checkpoin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from lofi.config import ConfigError, config_changes, stage_key, to_dict, upgrade
 from lofi.engine.checkpoint import Checkpointer, atomic_save, load
@@ -11,8 +11,11 @@ from lofi.engine.loop import Trainer
 
 from . import table
 
+if TYPE_CHECKING:  # base imports this module
+    from .base import Context
 
-def resume_state(ctx, ckpt: Checkpointer, stage: str, config: Optional[dict] = None
+
+def resume_state(ctx: Context, ckpt: Checkpointer, stage: str, config: Optional[dict] = None
                  ) -> Optional[Dict[str, Any]]:
     """The checkpoint to resume ``stage`` from: ``--resume PATH``, or its last.pt under ``--resume auto``. Its saved
     config is compared with ``config`` (what this run's checkpoints will hold; default: the run's config).
@@ -97,7 +100,7 @@ def keep_best(source: Path, trainer: Trainer) -> None:
                       "its best model; resume from a checkpoint whose folder holds it")
 
 
-def resume_trainer(ctx, trainer: Trainer) -> None:
+def resume_trainer(ctx: Context, trainer: Trainer) -> None:
     """Restores ``trainer`` from the checkpoint :func:`resume_state` picks (nothing when none), applying this run's
     optimizer recipe from its position on."""
     state = resume_state(ctx, trainer.ckpt, trainer.stage, trainer.config)

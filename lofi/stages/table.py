@@ -7,8 +7,9 @@ torch nor any stage module, so the config can read it.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Config keys any stage may change on resume: where and how a run runs and logs, not what it computes.
 RUN_KEYS = ("name", "work_dir", "stages", "device", "max_bad_steps", "data.synthetic.build", "checkpoint", "log",
@@ -116,6 +117,19 @@ def recipe_free(stages: Sequence[str]) -> Tuple[str, ...]:
     read = {sec for s in used for sec in (get(s).section, *get(s).reads) if sec is not None}
     unread = [sec for r in TABLE for sec in (r.section, *r.reads) if sec is not None and sec not in read]
     return (*RUN_KEYS, *dict.fromkeys(unread))
+
+
+def recipe(tree: Dict[str, Any], stages: Sequence[str]) -> Dict[str, Any]:
+    """The part of a resolved config (a ``lofi.config.to_dict`` tree) that the result of running ``stages``
+    depends on: a copy without the :func:`recipe_free` keys."""
+    out = copy.deepcopy(tree)
+    for key in recipe_free(stages):
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return out
 
 
 def shard_needs(stages: Sequence[str], external_features: bool) -> Dict[str, List[str]]:
