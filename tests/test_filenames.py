@@ -100,7 +100,7 @@ def test_infer_names_its_outputs_by_the_video_stem(tmp_path, monkeypatch, capsys
 
         def __call__(self, path, window):
             return {"id": Path(path).stem, "duration": 10.0, "classifier": "fixed",
-                    "detections": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}]}
+                    "detections": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}], "damaged_windows": []}
 
     monkeypatch.setattr(lofi.infer, "Detector", FixedDetector)
     (tmp_path / "model.pt").write_bytes(b"")
