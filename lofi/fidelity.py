@@ -1,4 +1,4 @@
-"""The fidelity of a mini-batch and the LoFi schedule (LoFi paper §3; the long and short cycles of Wu et al.'s multigrid
+"""The fidelity of a mini-batch and the LoFi schedule (LoFi §3; the long and short cycles of Wu et al.'s multigrid
 training, as in PySlowFast).
 
 A `Fidelity` is what the data pipeline samples and what the head's L-dependent buffers assume: L snippets per video,
