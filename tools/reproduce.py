@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -37,13 +37,15 @@ from lofi.study import (PRESETS, STUDY_DIR, Cell, Preset, cell_path, encoder_cha
 METRIC_TIOUS = (0.5, 0.75, 0.95)
 
 
-def train(config: Path, overrides: Sequence[str], log: Path, say: Callable[[str], None]) -> float:
+def train(config: Path, overrides: Sequence[str], log: Path, say: Callable[[str], None]) -> Tuple[float, float]:
     """``python -m lofi.train --config CONFIG OVERRIDES --resume auto`` in the repository root, output appended to
     ``log``; where lofi.train refuses (exit status 2: the checkpoints were written under another config) it runs
-    again with ``--overwrite``. Returns the wall time (s); RuntimeError when the run fails."""
+    again with ``--overwrite``. Returns (wall time in s, the Unix time from which the run's log records are its
+    own: 0 when it continued earlier runs, else when ``--overwrite`` started); RuntimeError when the run fails."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    t0, since = time.perf_counter(), 0.0
     for mode in ("--resume", "--overwrite"):
+        since = since if mode == "--resume" else time.time()
         cmd = [sys.executable, "-m", "lofi.train", "--config", str(config), *overrides, mode]
         cmd += ["auto"] if mode == "--resume" else []
         with open(log, "a") as f:
@@ -51,7 +53,7 @@ def train(config: Path, overrides: Sequence[str], log: Path, say: Callable[[str]
             f.flush()
             rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
         if rc == 0:
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, since
         if rc != 2 or mode == "--overwrite":
             break
         say(f"[stale] {config.stem}: lofi.train refused to resume ({last_error(log)}); running it afresh with "
@@ -73,7 +75,7 @@ def ensure_acp(cell: Cell, say: Callable[[str], None], done: Dict[Path, dict]) -
     if run_dir in done:
         return done[run_dir]
     encoder, saved, since = run_dir / "acp" / "encoder.pt", run_dir / "upstream.json", time.time()
-    seconds = train(cell.config, cell.acp_overrides(), run_dir / "stdout.log", say)
+    seconds, _ = train(cell.config, cell.acp_overrides(), run_dir / "stdout.log", say)
     if trained(run_dir, "acp", since) or not saved.is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text())
         write_json({"acp_seconds": metrics.get("time_acp", {}).get("seconds", seconds),
@@ -95,26 +97,20 @@ def run_cell(preset: str, cell: Cell, say: Callable[[str], None] = print,
     """Trains and evaluates one cell (its shared ACP first); returns its record (metrics, times, curves, config)."""
     upstream = ensure_acp(cell, say, {} if acp_runs is None else acp_runs) if cell.acp_dir() else {}
     run_dir = cell.run_dir()
-    seconds = train(cell.config, cell.overrides(), run_dir / "stdout.log", say)
-    return cell_record(preset, cell, seconds, upstream)
+    seconds, since = train(cell.config, cell.overrides(), run_dir / "stdout.log", say)
+    return cell_record(preset, cell, seconds, upstream, since)
 
 
-def cell_record(preset: str, cell: Cell, seconds: float, upstream: dict) -> dict:
-    """The small JSON of a finished cell, read from its run directory: metrics, stage times, curves, timelines and
-    the resolved config it ran with."""
-    from lofi.engine.logger import read_log
+def cell_record(preset: str, cell: Cell, seconds: float, upstream: dict, since: float = 0.0) -> dict:
+    """The small JSON of a finished cell, read from its run directory: metrics, stage times, curves (from the log
+    records since ``since``, Unix time), timelines and the resolved config it ran with."""
     run_dir = cell.run_dir()
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     ev = metrics["eval"]
     tious = [round(t, 4) for t in ev["tiou_thresholds"]]
     at = {f"mAP@{t:g}": 100 * ev["mAP"][tious.index(t)] for t in METRIC_TIOUS}
-    curves: Dict[str, list] = {"lofi_loss": [], "head_val_mAP": []}
-    for r in read_log(run_dir / "log.jsonl"):
-        if r.get("stage") == "lofi" and r.get("kind") == "step":
-            curves["lofi_loss"].append([r["step"], round(r["loss"], 5), r.get("fidelity")])
-        elif r.get("stage") == "head" and r.get("kind") == "epoch" and "average_mAP" in r:
-            curves["head_val_mAP"].append([r["step"], round(100 * r["average_mAP"], 3)])
+    curves = training_curves(run_dir, since)
     start = upstream.get("encoder_file")
     changes = {stage: encoder_change(start, str(run_dir / stage / "encoder.pt")) for stage in ("acp_plus", "lofi")
                if start and (run_dir / stage / "encoder.pt").is_file()}
@@ -128,6 +124,21 @@ def cell_record(preset: str, cell: Cell, seconds: float, upstream: dict) -> dict
             "curves": curves, "timelines": timelines(run_dir, ground_truth(config["data"]["shards"])),
             "config": config, "command": f"python tools/reproduce.py --preset {preset} --rows {cell.row} "
                                          f"--seeds {cell.seed}"}
+
+
+def training_curves(run_dir: Path, since: float = 0.0) -> Dict[str, list]:
+    """{lofi_loss: [[step, loss, fidelity]], head_val_mAP: [[epoch, avg mAP %]]} from the run's log records since
+    ``since`` (Unix time, s); a step logged twice (re-done after a resume) counts as last logged."""
+    from lofi.engine.logger import read_log
+    loss, head = {}, {}
+    for r in read_log(run_dir / "log.jsonl"):
+        if r.get("time", 0) < since:
+            continue
+        if r.get("stage") == "lofi" and r.get("kind") == "step":
+            loss[r["step"]] = [r["step"], round(r["loss"], 5), r.get("fidelity")]
+        elif r.get("stage") == "head" and r.get("kind") == "epoch" and "average_mAP" in r:
+            head[r["step"]] = [r["step"], round(100 * r["average_mAP"], 3)]
+    return {"lofi_loss": [loss[k] for k in sorted(loss)], "head_val_mAP": [head[k] for k in sorted(head)]}
 
 
 def ground_truth(shards: str) -> Dict[str, dict]:
