@@ -56,7 +56,7 @@ def train(config: Path, overrides: Sequence[str], log: Path, say: Callable[[str]
             return time.perf_counter() - t0, since
         if rc != 2 or mode == "--overwrite":
             break
-        say(f"[stale] {config.stem}: lofi.train refused to resume ({last_error(log)}); running it afresh with "
+        say(f"[stale] {log.parent.name}: lofi.train refused to resume ({last_error(log)}); running it afresh with "
             "--overwrite")
     raise RuntimeError(f"{' '.join(cmd)} failed with exit status {rc}; see {log}")
 
