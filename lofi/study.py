@@ -163,7 +163,7 @@ class Cell:
         if "acp" in cfg.stages:
             out += [f"stages=[{','.join(s for s in cfg.stages if s != 'acp')}]",
                     f"model.weights={self.acp_dir() / 'acp' / 'encoder.pt'}"]
-        elif self.imagenet:
+        elif self.row in ROWS and ROWS[self.row].imagenet:
             out.append(f"model.weights={self.imagenet}")
         return out
 

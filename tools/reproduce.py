@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from lofi.atomic import write_json  # noqa: E402
 from lofi.config import config_changes  # noqa: E402
-from lofi.study import (PRESETS, STUDY_DIR, Cell, Preset, cell_path, encoder_change, label, read_cell,  # noqa: E402
-                        row_configs, select_rows)
+from lofi.study import (PRESETS, ROWS, STUDY_DIR, Cell, Preset, cell_path, encoder_change,  # noqa: E402
+                        label, read_cell, row_configs, select_rows)
 
 METRIC_TIOUS = (0.5, 0.75, 0.95)
 
@@ -234,6 +234,9 @@ def main(argv=None) -> int:
         rows = select_rows(preset, configs, tables, args.rows.split(",") if args.rows else None, args.imagenet)
     except ValueError as e:
         raise SystemExit(f"reproduce: {e}") from None
+    needs = [r for r in rows if r in ROWS and ROWS[r].imagenet]
+    if needs and not args.imagenet:
+        raise SystemExit(f"reproduce: row(s) {needs} need --imagenet PATH (a local ImageNet state dict)")
     out = (args.out or REPO / "docs" / "results" / args.preset).resolve()
     imagenet = str(Path(args.imagenet).resolve()) if args.imagenet else None
     cells = [Cell(r, s, row_configs(configs)[r].resolve(), imagenet) for s in seeds for r in rows]  # seed-major
