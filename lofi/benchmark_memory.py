@@ -2,8 +2,9 @@
 
 Activation memory = bytes of the tensors autograd saves for backward (lofi.engine.memory.saved_bytes: every storage
 counted once, parameters excluded); this works on the CPU. On CUDA the peak memory of forward + backward is measured
-too. The encoder encodes every snippet independently, so its memory is linear in L: it is measured on 1 and 2 snippets
-at the fidelity's T×H×W, the two are checked to scale linearly (within 1 %), and the per-snippet figure is scaled by L.
+too. The encoder encodes every snippet independently, so its memory is linear in L: it is measured on 1 and 2
+snippets at the fidelity's T×H×W, the two are checked to scale linearly (within 1 %), and the per-snippet figure is
+scaled by L.
 (Full fidelity does not fit a CPU machine: ResNet-18 at 100×8×224² saves about 20 GB per video.)
 """
 from typing import Optional, Sequence

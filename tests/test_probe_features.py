@@ -1,5 +1,6 @@
 """lofi.probe (behind tools/probe_features.py): the foreground labels of snippets, ROC AUC against its pairwise
-definition, and the two probes on features whose answer is known (separable, label-independent noise, class clusters)."""
+definition, and the two probes on features whose answer is known (separable, label-independent noise, class
+clusters)."""
 import numpy as np
 import pytest
 

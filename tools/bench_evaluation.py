@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Times lofi.evaluation against a plain per-prediction loop of the same algorithm (``lofi.evaluation_loop.loop_detection``).
+"""Times lofi.evaluation against a plain per-prediction loop of the same algorithm
+(``lofi.evaluation_loop.loop_detection``).
 
 Workloads on the v1.3 validation GT (4,728 videos), synthetic detections in the G-TAD output format (top-2 classes x
 proposals per video; segments rounded to 0.01 s and scores to 1e-4, as OpenTAD writes them, which creates ties):
@@ -128,7 +129,8 @@ def main() -> None:
     if not args.no_record:
         note = ("Goals: (a) <= 1 s, (b) <= 10 s for lofi mAP (from loaded JSON dicts; plain json.loads of the same "
                 "text is listed apart). From file = evaluate_detection on the result file, as lofi.eval runs it: "
-                "reading, parsing with the check for keys given twice, and scoring. Loop = lofi.evaluation_loop.loop_detection: the same "
+                "reading, parsing with the check for keys given twice, and scoring. Loop = "
+                "lofi.evaluation_loop.loop_detection: the same "
                 "algorithm one prediction at a time (NumPy per prediction, Python loops over GTs and "
                 "thresholds); speed-up = loop / lofi mAP. "
                 f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")

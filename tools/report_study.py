@@ -17,7 +17,8 @@ from lofi.study_report import write_results  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=REPO / "docs" / "results", help="one folder of cell JSONs per preset")
+    p.add_argument("--results", type=Path, default=REPO / "docs" / "results",
+                   help="one folder of cell JSONs per preset")
     p.add_argument("--doc", type=Path, default=REPO / "docs" / "RESULTS.md", help="the markdown file to write")
     args = p.parse_args(argv)
     if not args.results.is_dir():
