@@ -1,4 +1,5 @@
-"""The fidelity of a mini-batch and the LoFi schedule (paper §3; multigrid's long/short cycles, REFERENCE.md §7.2).
+"""The fidelity of a mini-batch and the LoFi schedule (LoFi §3; the long and short cycles of Wu et al.'s multigrid
+training, as in PySlowFast).
 
 A `Fidelity` is what the data pipeline samples and what the head's L-dependent buffers assume: L snippets per video,
 T frames per snippet, H×W pixels per frame, and optionally the frame stride inside a snippet (None: the sampler's

@@ -3,12 +3,15 @@ import importlib.util
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import av
 import numpy as np
 import pytest
 import torch
+from subproc import child_env
 from video_shards import damage_frame, encode_video, video_info, write_shards, zero_member_bytes
 
 from lofi.config import ConfigError, load_config
@@ -248,3 +251,19 @@ def test_infer_skips_a_damaged_window(tmp_path):
     assert list(result["damaged_windows"]) == ["0.00-2.00 s"] and result["duration"] == 4.0
     with pytest.raises(ValueError, match="whole.mp4: damaged, no window decodes cleanly"):
         detector(str(tmp_path / "whole.mp4"))
+
+
+def test_strict_decoding_leaves_libav_logging_as_it_was(tmp_path):
+    """The log callback strict decoding installs is removed after each decode: left installed, a threaded encoder
+    later in the same process (packing) hung with its threads blocked in the callback."""
+    before = av.logging.get_level()
+    video = encode_video(16, 64, 64, codec="libx264")
+    decode_frames(video, np.arange(4))
+    assert av.logging.get_level() == before
+    (tmp_path / "v.mp4").write_bytes(video)
+    script = ("import sys, numpy as np; from lofi.data.backend_cpu import decode_frames; from lofi.data import packing;"
+              "data = open(sys.argv[1], 'rb').read(); decode_frames(data, np.arange(4));"
+              "packing.transcode(sys.argv[1], packing.Encoding(short_side=48, copy=False, threads=4)); print('ok')")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "v.mp4")], capture_output=True, text=True,
+                          timeout=300, env=child_env())
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

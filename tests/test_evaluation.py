@@ -1,26 +1,21 @@
 """lofi.evaluation and the lofi.eval CLI: the figures the official ActivityNet evaluation code gave for four result
 files over the real v1.3 validation GT (to 1e-12), hand-computed cases, properties (permutation invariance, the two
-ways of pairing predictions with GTs agree, agreement with tools/bench_evaluation.py's per-prediction loop) and bad
+ways of pairing predictions with GTs agree, agreement with lofi.evaluation_loop's per-prediction loop) and bad
 input."""
 import gzip
-import importlib.util
 import json
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lofi import eval as cli
 from lofi.evaluation import EvaluationWarning, evaluate_detection, evaluate_proposals
+from lofi.evaluation_loop import loop_detection
 
 TIOU = np.linspace(0.5, 0.95, 10)
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_evaluation", REPO / "tools" / "bench_evaluation.py")
-bench_evaluation = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_evaluation)
 
 
 def det(label, score, segment):
@@ -250,14 +245,13 @@ def lattice_case(seed, max_gt=10, span=10):
 
 
 def test_lattice_cases_agree_with_the_per_prediction_loop(seed):
-    # tools/bench_evaluation.py's loop_detection runs the same algorithm one prediction at a time.
+    # lofi.evaluation_loop.loop_detection runs the same algorithm one prediction at a time.
     for k in range(150):
         gt, pred = lattice_case(seed + k)
         for thr in (TIOU, np.array([0.1, 0.2, 0.5, 1.0])):
             for nan_iou_as_zero in (False, True):
                 ours = quiet_detection(gt, pred, tiou_thresholds=thr, nan_iou_as_zero=nan_iou_as_zero)
-                ap, classes = bench_evaluation.loop_detection(gt, pred, tiou_thresholds=thr,
-                                                              nan_iou_as_zero=nan_iou_as_zero)
+                ap, classes = loop_detection(gt, pred, tiou_thresholds=thr, nan_iou_as_zero=nan_iou_as_zero)
                 assert list(ours["per_class_AP"]) == classes
                 np.testing.assert_allclose(np.array(list(ours["per_class_AP"].values())).T, ap, rtol=0, atol=1e-12)
 

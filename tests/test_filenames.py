@@ -1,6 +1,5 @@
 """Video ids from shards and annotation files never name a file outside its folder: lofi.filenames, the .npy export of
-tools/extract_features.py and the external-feature reader."""
-import importlib.util
+lofi.feature_export (tools/extract_features.py --npy) and the external-feature reader."""
 import json
 from pathlib import Path
 
@@ -10,12 +9,8 @@ import torch
 
 from lofi.data.packing import sample_key
 from lofi.engine.feature_cache import load_external
+from lofi.feature_export import export_npy
 from lofi.filenames import video_path, video_stem
-
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("extract_features", REPO / "tools" / "extract_features.py")
-extract_features = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(extract_features)
 
 HOSTILE = ["../x", "../../etc/passwd", "/tmp/abs", "a/b", "..", ".", "~user", "c:\\win", "a\x00b", "v_é.mp4"]
 
@@ -54,7 +49,7 @@ def features(seed, c=3, length=5):
 def test_npy_export_stays_inside_its_folder(tmp_path):
     out = tmp_path / "deep" / "out"
     entries = {vid: features(k) for k, vid in enumerate(["../escaped", "../../escaped2", str(tmp_path / "abs"), "ok"])}
-    extract_features.export_npy(out, entries)
+    export_npy(out, entries)
     # Nothing but the four files inside ``out``.
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     expected = sorted(f"deep/out/{video_stem(vid)}.npy" for vid in entries)
@@ -70,7 +65,7 @@ def test_npy_export_stays_inside_its_folder(tmp_path):
 
 def test_npy_export_refuses_two_videos_with_one_file(tmp_path):
     with pytest.raises(ValueError, match=r"videos 'a\.b' and 'a_b' would both be written to"):
-        extract_features.export_npy(tmp_path, {"a.b": features(0), "a_b": features(1)})
+        export_npy(tmp_path, {"a.b": features(0), "a_b": features(1)})
     assert not list(tmp_path.iterdir())  # checked before anything is written
 
 
@@ -79,7 +74,7 @@ def test_npy_export_refuses_a_planted_link(tmp_path):
     out.mkdir()
     (out / "v1.npy").symlink_to(tmp_path / "victim")
     with pytest.raises(ValueError, match="video 'v1'"):
-        extract_features.export_npy(out, {"v1": features(0)})
+        export_npy(out, {"v1": features(0)})
     assert not (tmp_path / "victim").exists()
 
 
@@ -100,8 +95,7 @@ def test_infer_names_its_outputs_by_the_video_stem(tmp_path, monkeypatch, capsys
 
         def __call__(self, path, window):
             return {"id": Path(path).stem, "duration": 10.0, "classifier": "fixed",
-                    "damaged_windows": {},
-                    "detections": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}]}
+                    "detections": [{"label": "A", "score": 0.9, "segment": [1.0, 4.0]}], "damaged_windows": []}
 
     monkeypatch.setattr(lofi.infer, "Detector", FixedDetector)
     (tmp_path / "model.pt").write_bytes(b"")

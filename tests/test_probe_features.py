@@ -1,17 +1,10 @@
-"""tools/probe_features.py: the foreground labels of snippets, ROC AUC against its pairwise definition, and the two
-probes on features whose answer is known (separable, label-independent noise, class clusters)."""
-import importlib.util
-import sys
-from pathlib import Path
-
+"""lofi.probe (behind tools/probe_features.py): the foreground labels of snippets, ROC AUC against its pairwise
+definition, and the two probes on features whose answer is known (separable, label-independent noise, class
+clusters)."""
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("probe_features", REPO / "tools" / "probe_features.py")
-P = importlib.util.module_from_spec(spec)
-sys.modules["probe_features"] = P
-spec.loader.exec_module(P)
+from lofi import probe as P
 
 
 def test_foreground_uses_snippet_centres_in_seconds():

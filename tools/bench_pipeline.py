@@ -1,4 +1,4 @@
-"""Throughput of the data pipeline in unique frames per second, per backend, codec and fidelity (issue 3 §5).
+"""Throughput of the data pipeline in unique frames per second, per backend, codec and fidelity.
 
 Real-length videos (minutes, so frames are not repeated) are generated procedurally (moving gradients, a drifting
 noise texture and moving boxes), encoded with libx264, and packed by `lofi.data.packing.make_shards` into h264, vp9

@@ -12,34 +12,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lofi.atomic import write_with  # noqa: E402
 from lofi.config import ConfigError, load_config  # noqa: E402
 from lofi.data import CorruptLimitError  # noqa: E402
 from lofi.engine import distributed as D  # noqa: E402
 from lofi.engine.checkpoint import UnsafeFileError  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
+from lofi.feature_export import export_npy  # noqa: E402
 from lofi.stages.base import Context  # noqa: E402
 from lofi.stages.features import subset_features  # noqa: E402
-from lofi.filenames import video_path  # noqa: E402
-
-
-def export_npy(folder, entries) -> None:
-    """Writes each video's features (C, L) as ``folder/STEM.npy``, (L, C) float32, STEM = lofi.filenames.video_stem of
-    its id, so an id such as ``../x`` or ``/abs/x`` from a shard stays inside ``folder``. Two ids with one stem are an
-    error naming both; each file is written atomically."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    owner = {}
-    for vid in entries:
-        path = video_path(out, vid, ".npy")
-        if owner.setdefault(path, vid) != vid:
-            raise ValueError(f"videos {owner[path]!r} and {vid!r} would both be written to {path}")
-    for path, vid in owner.items():
-        array = entries[vid][0].t().contiguous().numpy()
-        write_with(path, lambda f: np.save(f, array))
 
 
 def main() -> int:

@@ -6,8 +6,8 @@
 # Wheels carried in .whl/ (PyAV, webdataset, braceexpand; tools/compat_check.sh fetches them and tests this stack
 # on the CPU) are installed into /tmp/site first.
 # Next, on the same warm machine (it is released after about 30 s idle), the reproduction study's gpu preset uses the
-# extension built here and writes only cell JSONs (copy them to docs/results/gpu/, then reproduce.py --aggregate-only):
-#   PYTHONPATH=/tmp/site:. python3 tools/reproduce.py --preset gpu --out "$OUT/gpu" --no-report --max-minutes 4.5
+# extension built here and writes only cell JSONs (copy them to docs/results/gpu/, then tools/report_study.py):
+#   PYTHONPATH=/tmp/site:. python3 tools/reproduce.py --preset gpu --out "$OUT/gpu" --max-minutes 4.5
 set -uo pipefail
 OUTDIR="${1:?usage: tools/gpu_check.sh OUTDIR}"
 cd "$(dirname "$0")/.."

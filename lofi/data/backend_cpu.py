@@ -46,16 +46,22 @@ def decoder_errors(threads: int = 1) -> Iterator[List[str]]:
     """The libav messages of level ERROR or worse logged inside the block ("codec: message"), filled on exit.
 
     A damaged bitstream often decodes "successfully": the decoder conceals the damage and only logs it (h264's
-    "error while decoding MB", vp9's "Failed to read frame header"); these messages are how PyAV exposes that. It
-    installs PyAV's log callback (level ERROR) when none is, so libav messages outside such blocks go to Python's
-    logging instead of stderr. Only the calling thread's messages are taken unless `threads` > 1 (frame threads).
+    "error while decoding MB", vp9's "Failed to read frame header"); these messages are how PyAV exposes that. PyAV's
+    log callback (level ERROR) is installed for the block only and the previous level restored after it: left
+    installed, a codec's own threads (a threaded encoder, say) block in the callback waiting for the GIL while the
+    thread that holds it waits for them, and the process hangs. Only the calling thread's messages are taken unless
+    `threads` > 1 (frame threads).
     """
-    if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+    previous = av.logging.get_level()
+    if previous is None or previous < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
     errors: List[str] = []
-    with av.logging.Capture(local=threads <= 1) as logs:
-        yield errors
-    errors += [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
+    try:
+        with av.logging.Capture(local=threads <= 1) as logs:
+            yield errors
+        errors += [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
+    finally:
+        av.logging.set_level(previous)
 
 
 def decode_frames(encoded: bytes, indices: np.ndarray, threads: int = 1) -> List[np.ndarray]:
