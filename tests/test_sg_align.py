@@ -258,7 +258,8 @@ def test_transposed_plan_gives_the_cpu_scatter(bins, sources, seed):
     q = t_row % P if Q > 1 else torch.zeros_like(t_row)
     emulated = torch.zeros(B * sources * T, D, dtype=torch.float64).index_add_(
         0, rows, t_weight[:, None] * grad[t_row // P, q])
-    torch.testing.assert_close(emulated.view(B, sources, T, D), _scatter(grad, plan[:4] + (t_ptr, t_row, t_weight), P, B, sources, T))
+    scattered = _scatter(grad, plan[:4] + (t_ptr, t_row, t_weight), P, B, sources, T)
+    torch.testing.assert_close(emulated.view(B, sources, T, D), scattered)
 
 
 def test_inference_mode_and_cpu_autocast(seed):

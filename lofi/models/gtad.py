@@ -90,7 +90,8 @@ class GTAD(nn.Module):
         """(B·N, 3) rows [b, start, end] in snippets, video-major, N = L(L+1)/2."""
         return anchor_rois(self.cells(L, device)[1], B)
 
-    def plan(self, rois: torch.Tensor, x: torch.Tensor, bins: Sequence[int], sources: int) -> Optional[ops.SamplingPlan]:
+    def plan(self, rois: torch.Tensor, x: torch.Tensor, bins: Sequence[int],
+             sources: int) -> Optional[ops.SamplingPlan]:
         """The sampling plan of this head's ``rois`` for x (B, C, L), kept per (B, L, device, precision, bins); None
         without the compiled kernels. Plans made under inference mode are not kept: their tensors could not be saved
         for a later backward."""

@@ -9,9 +9,9 @@ It equals ``torchvision.ops.roi_align(x[:, :, None], [b, start, 0, end, 1], (1, 
 Both ops are linear in their inputs, so each is a *sampling plan*: a sparse matrix whose row ``(roi, bin)`` holds the
 averaged interpolation weights over a contiguous run of snippets. The compiled kernels (``torch.ops.lofi.sg_align_*``)
 build that plan (:func:`sampling_plan`) and apply it as a sparse product; a caller that reuses its ROIs builds the plan
-once and passes it (the G-TAD head keeps one per snippet count L). Backward applies its transpose without atomics, so gradients are deterministic (the only
-mode): CUDA sums over a transposed plan, one thread per input-gradient element; the CPU threads own channel blocks.
-The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
+once and passes it (the G-TAD head keeps one per snippet count L). Backward applies its transpose without atomics, so
+gradients are deterministic (the only mode): CUDA sums over a transposed plan, one thread per input-gradient element;
+the CPU threads own channel blocks. The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
 
 ROIs are ``(R, 3)`` rows ``[batch_index, start, end]`` in snippet units (continuous positions, 0..T).
 """
