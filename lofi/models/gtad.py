@@ -90,13 +90,12 @@ class GTAD(nn.Module):
         """(B·N, 3) rows [b, start, end] in snippets, video-major, N = L(L+1)/2."""
         return anchor_rois(self.cells(L, device)[1], B)
 
-    def plan(self, rois: torch.Tensor, x: torch.Tensor, bins: Sequence[int],
-             sources: int) -> Optional[ops.SamplingPlan]:
+    def plan(self, rois: torch.Tensor, x: torch.Tensor, bins: Sequence[int], sources: int,
+             double: bool) -> Optional[ops.SamplingPlan]:
         """The sampling plan of this head's ``rois`` for x (B, C, L), kept per (B, L, device, precision, bins); None
         without the compiled kernels. Plans made under inference mode are not kept: their tensors could not be saved
         for a later backward."""
         B, _, L = x.shape
-        double = x.dtype == torch.float64 and not torch.is_autocast_enabled(x.device.type)
         key = (B, L, str(x.device), double, tuple(bins))
         plan = self._plans.get(key)
         if plan is None:
@@ -111,10 +110,11 @@ class GTAD(nn.Module):
         rois = rois.to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # exact window ends under bf16
         bins = (self.inner_bins, self.ctx_bins)
         if self.fused:  # under autocast x may be bf16: the op takes the weight in x's dtype
-            plan = self.plan(rois, x, bins, sum(bins))
+            double = x.dtype == torch.float64 and not torch.is_autocast_enabled(x.device.type)  # the op's compute dtype
+            plan = self.plan(rois, x, bins, sum(bins), double)
             return ops.sg_align_project(x, ctx, rois, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype),
                                         inner_bins=self.inner_bins, ctx_bins=self.ctx_bins, check=False, plan=plan)
-        aligned = torch.cat([ops.sg_align(src, rois, n, check=False, plan=self.plan(rois, x, [n], 1))
+        aligned = torch.cat([ops.sg_align(src, rois, n, check=False, plan=self.plan(rois, x, [n], 1, x.dtype == torch.float64))
                              for src, n in ((x, self.inner_bins), (ctx, self.ctx_bins))], 2)
         return self.proj(aligned.flatten(1))  # flattened channel index c·36 + bin, as in G-TAD
 
