@@ -5,53 +5,58 @@ import torch
 
 import lofi.ops
 from lofi.models.gtad import GTAD, anchor_rois, anchor_windows
-from lofi.ops.sg_align import _no_transpose, sampling_plan
+from lofi.ops.sg_align import _no_transpose, _transpose_plan, sampling_plan
 from lofi.ops.soft_nms_baselines import gtad_like_inputs
 
 KERNEL = lofi.ops.available() and hasattr(torch.ops.lofi, "sg_align_plan")
 pytestmark = pytest.mark.skipif(not KERNEL, reason="lofi._C is not built")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
-def plan_inputs(dtype, B=2, T=9, bins=(5, 2)):
+def plan_inputs(dtype, device="cpu", B=2, T=9, bins=(5, 2)):
     """ROIs of the G-TAD anchors plus a few partly outside [0, T], and their plan."""
     extra = torch.tensor([[0, -3.0, 2.5], [1, 6.0, 14.0], [1, 4.0, 4.0]])
-    rois = torch.cat([anchor_rois(anchor_windows(T), B), extra]).to(dtype)
+    rois = torch.cat([anchor_rois(anchor_windows(T), B), extra]).to(device, dtype)
     plan = sampling_plan(rois, T, B, bins, dtype == torch.float64, sum(bins))
     return rois, plan
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_sg_align_plan(dtype):
-    rois, _ = plan_inputs(dtype)
+def test_opcheck_sg_align_plan(dtype, device):
+    rois, _ = plan_inputs(dtype, device)
     torch.library.opcheck(torch.ops.lofi.sg_align_plan.default, (rois, 9, 2, [5, 2], dtype == torch.float64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sources,sum_bins", [(1, False), (7, False), (7, True)])
-def test_opcheck_sg_align_gather(dtype, sources, sum_bins, seed):
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_sg_align_gather(dtype, sources, sum_bins, device, seed):
     gen = torch.Generator().manual_seed(seed)
-    _, plan = plan_inputs(dtype)
-    x = torch.randn(2, sources, 9, 4, generator=gen, dtype=dtype, requires_grad=True)
+    _, plan = plan_inputs(dtype, device)
+    x = torch.randn(2, sources, 9, 4, generator=gen, dtype=dtype).to(device).requires_grad_()
     torch.library.opcheck(torch.ops.lofi.sg_align_gather.default, (x, *plan[:4], 7, sum_bins))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows,sources", [(7, 1), (7, 7), (1, 7)])
-def test_opcheck_sg_align_scatter(dtype, rows, sources, seed):
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_sg_align_scatter(dtype, rows, sources, device, seed):
     # the backward of sg_align (rows=P, one source) and of the fused projection (rows summed, one source per bin)
     gen = torch.Generator().manual_seed(seed)
-    rois, plan = plan_inputs(dtype)
-    grad = torch.randn(rois.shape[0], rows, 4, generator=gen, dtype=dtype, requires_grad=True)
-    torch.library.opcheck(torch.ops.lofi.sg_align_scatter.default,
-                          (grad, *plan[:4], *_no_transpose(plan), 7, 2, sources, 9))
+    rois, plan = plan_inputs(dtype, device)
+    grad = torch.randn(rois.shape[0], rows, 4, generator=gen, dtype=dtype).to(device).requires_grad_()
+    transposed = _transpose_plan(*plan[:4], 7, 2, sources, 9) if device == "cuda" else _no_transpose(plan)
+    torch.library.opcheck(torch.ops.lofi.sg_align_scatter.default, (grad, *plan[:4], *transposed, 7, 2, sources, 9))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", [0, 1, 2])
 @pytest.mark.parametrize("with_num_valid", [False, True])
-def test_opcheck_batched_soft_nms(dtype, method, with_num_valid, seed):
-    segments, scores = gtad_like_inputs(3, 12, seed, dtype)
-    num_valid = torch.tensor([78, 40, 0]) if with_num_valid else None
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_batched_soft_nms(dtype, method, with_num_valid, device, seed):
+    segments, scores = (t.to(device) for t in gtad_like_inputs(3, 12, seed, dtype))
+    num_valid = torch.tensor([78, 40, 0], device=device) if with_num_valid else None
     torch.library.opcheck(torch.ops.lofi.batched_soft_nms.default, (segments, scores, num_valid, 0.8, 20, method, 0.5))
 
 
