@@ -11,7 +11,8 @@ averaged interpolation weights over a contiguous run of snippets. The compiled k
 build that plan (:func:`sampling_plan`) and apply it as a sparse product; a caller that reuses its ROIs builds the plan
 once and passes it (the G-TAD head keeps one per snippet count L). Backward applies its transpose without atomics, so
 gradients are deterministic (the only mode): CUDA sums over a transposed plan, one thread per input-gradient element;
-the CPU threads own channel blocks. The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
+the CPU threads own channel blocks. The pure-PyTorch references build the same matrix with ``torch.sparse`` and are
+the tests' oracles.
 
 ROIs are ``(R, 3)`` rows ``[batch_index, start, end]`` in snippet units (continuous positions, 0..T).
 """
@@ -225,7 +226,7 @@ def sg_align_project_reference(x, x_ctx, rois, weight, bias=None, inner_bins: in
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Compiled kernels: sampling plans (cached per ROI tensor) and autograd wrappers
+# Compiled kernels: sampling plans (owned by the caller) and autograd wrappers
 # ----------------------------------------------------------------------------------------------------------------------
 class SamplingPlan(NamedTuple):
     """Compiled sampling plan of R ROIs over ``num_batches`` videos of ``length`` snippets, in CSR form: row r*P + p
