@@ -110,11 +110,13 @@ class GTAD(nn.Module):
         rois = rois.to(torch.float64 if x.dtype == torch.float64 else torch.float32)  # exact window ends under bf16
         bins = (self.inner_bins, self.ctx_bins)
         if self.fused:  # under autocast x may be bf16: the op takes the weight in x's dtype
-            double = x.dtype == torch.float64 and not torch.is_autocast_enabled(x.device.type)  # the op's compute dtype
+            # the op computes in x's dtype, or in the autocast dtype (never float64) under autocast
+            double = x.dtype == torch.float64 and not torch.is_autocast_enabled(x.device.type)
             plan = self.plan(rois, x, bins, sum(bins), double)
             return ops.sg_align_project(x, ctx, rois, self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype),
                                         inner_bins=self.inner_bins, ctx_bins=self.ctx_bins, check=False, plan=plan)
-        aligned = torch.cat([ops.sg_align(src, rois, n, check=False, plan=self.plan(rois, x, [n], 1, x.dtype == torch.float64))
+        double = x.dtype == torch.float64
+        aligned = torch.cat([ops.sg_align(src, rois, n, check=False, plan=self.plan(rois, x, [n], 1, double))
                              for src, n in ((x, self.inner_bins), (ctx, self.ctx_bins))], 2)
         return self.proj(aligned.flatten(1))  # flattened channel index c·36 + bin, as in G-TAD
 
