@@ -8,7 +8,8 @@ import torchvision
 
 import lofi.ops
 from lofi.ops import sg_align, sg_align_project, sg_align_project_reference, sg_align_reference
-from lofi.ops.sg_align import _PLAN_CACHE, _scatter, gtad_anchor_rois, sampling_plan
+from lofi.models.gtad import GTAD, anchor_rois, anchor_windows
+from lofi.ops.sg_align import _scatter, _transpose_plan, sampling_plan
 from subproc import child_env
 
 KERNEL = lofi.ops.available() and hasattr(torch.ops.lofi, "sg_align_plan")
@@ -20,6 +21,14 @@ def torchvision_align(x, rois, bins):
     zeros, ones = torch.zeros_like(rois[:, :1]), torch.ones_like(rois[:, :1])
     boxes = torch.cat([rois[:, :2], zeros, rois[:, 2:], ones], 1).to(x.dtype)
     return torchvision.ops.roi_align(x[:, :, None], boxes, (1, bins), 1.0, 0, aligned=False)[:, :, 0]
+
+
+def gtad_anchor_rois(B, T, dtype=torch.float32):
+    """The G-TAD head's B·T(T+1)/2 SGAlign ROIs, then the dummy ROI [b, 0, 0] of each video (G-TAD's own head samples
+    it for its invalid map cells)."""
+    zeros = torch.zeros(B)
+    dummies = torch.stack([torch.arange(B, dtype=torch.float32), zeros, zeros], 1)
+    return torch.cat([anchor_rois(anchor_windows(T), B), dummies]).to(dtype)
 
 
 def edge_rois(B, T, gen, n=40):
@@ -57,7 +66,7 @@ def test_reference_matches_torchvision_on_gtad_anchors(T, seed):
     gen = torch.Generator().manual_seed(seed)
     B, C = 2, (3 if T == 100 else 5)
     rois = gtad_anchor_rois(B, T, dtype=torch.float64)
-    assert rois.shape == (B * T * T, 3)
+    assert rois.shape == (B * (T * (T + 1) // 2 + 1), 3)
     x = torch.randn(B, C, T, generator=gen, dtype=torch.float64)
     for bins in (32, 4):
         expected = torchvision_align(x, rois, bins)
@@ -90,7 +99,7 @@ def test_long_rois_match_torchvision(dtype, seed):
 
 
 def test_known_values_from_gtad():
-    # G-TAD's own test case (REFERENCE.md §8)
+    # the values G-TAD's own Align1D test expects
     x = torch.arange(1, 11, dtype=torch.float64).view(1, 1, 10)
     rois = torch.tensor([[0, -0.5, 9.5], [0, 0.1, 0.9], [0, 5, 5]], dtype=torch.float64)
     out = sg_align(x, rois, 10)[:, 0]
@@ -187,20 +196,50 @@ def test_cpu_kernel_matches_reference(dtype, seed):
 
 
 @needs_kernel
-def test_plan_cache_follows_the_roi_values(seed):
+def test_plan_is_passed_by_the_caller(seed):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 3, 10, generator=gen, dtype=torch.float64)
-    rois = gtad_anchor_rois(2, 10, dtype=torch.float64)
+    B, C, T = 2, 3, 10
+    x, x_ctx, weight, bias = project_inputs(B, C, T, 4, gen, P=6)
+    rois = gtad_anchor_rois(B, T, dtype=torch.float64)
+    plan = sampling_plan(rois, T, B, [4], True)
+    assert torch.equal(sg_align(x, rois, 4, plan=plan), sg_align(x, rois, 4))
+    fused = sampling_plan(rois, T, B, [4, 2], True, sources=6)
+    assert torch.equal(sg_align_project(x, x_ctx, rois, weight, bias, 4, 2, plan=fused),
+                       sg_align_project(x, x_ctx, rois, weight, bias, 4, 2))
+    with pytest.raises(ValueError, match=r"plan does not fit the inputs: rois=.*\(needs 3\)"):
+        sg_align(x, rois[:3], 4, plan=plan)
+    with pytest.raises(ValueError, match=r"bins=\(4,\) \(needs \(4, 2\)\), sources=1 \(needs 6\)"):
+        sg_align_project(x, x_ctx, rois, weight, bias, 4, 2, plan=plan)
+    with pytest.raises(ValueError, match=r"weight_dtype=torch.float64 \(needs torch.float32\)"):
+        sg_align(x.float(), rois, 4, plan=plan)
+    with pytest.raises(ValueError, match="plan must be a SamplingPlan"):
+        sg_align(x, rois, 4, plan=plan[:4])
+    # without a plan the op plans the ROIs it is given, whatever happened to the tensor before (no stale cache)
     first = sg_align(x, rois, 4)
-    plan = sampling_plan(rois, 10, 2, [4], True)
-    assert sampling_plan(rois.clone(), 10, 2, [4], True) is plan  # an equal copy hits
-    rois[:, 1:] += 0.25  # in-place edit: the plan is rebuilt
-    assert sampling_plan(rois, 10, 2, [4], True) is not plan
+    rois[:, 1:] += 0.25
     torch.testing.assert_close(sg_align(x, rois, 4), sg_align_reference(x, rois, 4), rtol=0, atol=1e-12)
     assert not torch.allclose(first, sg_align(x, rois, 4))
+
+
+@needs_kernel
+@pytest.mark.parametrize("fused", [True, False])
+def test_gtad_head_keeps_its_plans_per_length(fused):
+    torch.manual_seed(0)
+    head = GTAD(8, fused=fused, hidden_1d=8, hidden_2d=4, hidden_3d=6)
+    features = torch.randn(2, 8, 7)
+    out = head(features)["maps"]
+    plans = dict(head._plans)
+    assert len(plans) == (1 if fused else 2)
+    assert all(plan.length == 7 and plan.num_batches == 2 for plan in plans.values())
+    assert torch.equal(head(features)["maps"], out)
+    assert all(head._plans[key] is plan for key, plan in plans.items())  # reused, not rebuilt
+    head(torch.randn(2, 8, 9))
+    assert len(head._plans) == 2 * len(plans)
     with torch.inference_mode():  # inference-mode plans are not kept (they could not be saved for backward)
-        sampling_plan(gtad_anchor_rois(2, 11), 11, 2, [4], False)
-    assert all(key[3] != 11 for key in _PLAN_CACHE)
+        head(torch.randn(1, 8, 5))
+    assert len(head._plans) == 2 * len(plans)
+    assert not any("plan" in key for key in head.state_dict())
+    head(features)["maps"].sum().backward()  # kept plans serve training
 
 
 @needs_kernel
@@ -211,15 +250,16 @@ def test_transposed_plan_gives_the_cpu_scatter(bins, sources, seed):
     B, D, T = 2, 5, 17
     P = sum(bins)
     rois = torch.cat([gtad_anchor_rois(B, T, dtype=torch.float64), edge_rois(B, T, gen)])
-    plan = sampling_plan(rois, T, B, bins, True)
-    t_ptr, t_row, t_weight = plan.transposed(B, sources, T)
+    plan = sampling_plan(rois, T, B, bins, True, sources)
+    t_ptr, t_row, t_weight = _transpose_plan(*plan[:4], P, B, sources, T)
     Q = P if sources == 1 else 1
     grad = torch.randn(rois.shape[0], Q, D, generator=gen, dtype=torch.float64)
     rows = torch.repeat_interleave(torch.arange(B * sources * T), t_ptr.diff())
     q = t_row % P if Q > 1 else torch.zeros_like(t_row)
     emulated = torch.zeros(B * sources * T, D, dtype=torch.float64).index_add_(
         0, rows, t_weight[:, None] * grad[t_row // P, q])
-    torch.testing.assert_close(emulated.view(B, sources, T, D), _scatter(grad, plan, B, sources, T))
+    scattered = _scatter(grad, plan[:4] + (t_ptr, t_row, t_weight), P, B, sources, T)
+    torch.testing.assert_close(emulated.view(B, sources, T, D), scattered)
 
 
 def test_inference_mode_and_cpu_autocast(seed):
@@ -239,7 +279,7 @@ def test_inference_mode_and_cpu_autocast(seed):
 @needs_kernel
 def test_internal_ops_reject_a_plan_reaching_outside_the_input():
     rois = torch.tensor([[0.0, 1.0, 4.0]])
-    batch, row_ptr, start, weight = sampling_plan(rois, 6, 1, [2], False).tensors()
+    batch, row_ptr, start, weight = sampling_plan(rois, 6, 1, [2], False)[:4]
     x = torch.randn(1, 1, 6, 3)
     torch.ops.lofi.sg_align_gather(x, batch, row_ptr, start, weight, 2, False)
     with pytest.raises(RuntimeError, match="reaches outside"):
@@ -267,9 +307,9 @@ def test_fallback_path_without_extension(seed):
     code = (
         "import warnings, torch; warnings.simplefilter('ignore')\n"
         "from lofi.ops import sg_align, sg_align_project, extension\n"
-        "from lofi.ops.sg_align import gtad_anchor_rois\n"
+        "from lofi.models.gtad import anchor_rois, anchor_windows\n"
         f"torch.manual_seed({seed}); x = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)\n"
-        "rois = gtad_anchor_rois(2, 9, dtype=torch.float64)\n"
+        "rois = anchor_rois(anchor_windows(9), 2).double()\n"
         "out = sg_align(x, rois, 4); out.sum().backward()\n"
         "w = torch.randn(5, 3 * 36, dtype=torch.float64)\n"
         "y = sg_align_project(x, x, rois, w, None)\n"
@@ -279,7 +319,7 @@ def test_fallback_path_without_extension(seed):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     available, *_ = out.stdout.split()
     assert available == "False"
-    assert "(162, 3, 4) (162, 5)" in out.stdout
+    assert "(90, 3, 4) (90, 5)" in out.stdout
 
 
 # ---------------------------------------------------------------------------------------------------- bad input / empty

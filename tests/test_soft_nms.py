@@ -10,8 +10,9 @@ import torch
 
 import lofi.ops
 from lofi.ops import batched_soft_nms, batched_soft_nms_reference, soft_nms, soft_nms_reference
+from lofi.ops.soft_nms_baselines import gtad_like_inputs, gtad_style_soft_nms
 
-NEAR_TIE = 1e-6  # relative score gap within which implementations may pick different candidates (issue 2)
+NEAR_TIE = 1e-6  # relative score gap within which implementations may pick different candidates
 METHODS = ("gaussian", "linear", "hard")
 
 
@@ -25,35 +26,6 @@ def rounding_rtol(dtype):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Oracles written independently of lofi.ops.soft_nms
-
-
-def gtad_style_soft_nms(segments, scores, sigma, top_k):
-    """G-TAD's Soft_NMS loop (gtad_postprocess.py) in Python floats, with the issue's fixes: no sort (so max() ties go
-    to the lowest index), the last remaining candidate is emitted too, and a union <= 0 gives IoU 0."""
-
-    def iou(s1, e1, s2, e2):
-        if s2 > e1 or s1 > e2:
-            return 0.0
-        union = max(e1, e2) - min(s1, s2)
-        return (min(e1, e2) - max(s1, s2)) / union if union > 0 else 0.0
-
-    tstart = [float(s) for s, _ in segments]
-    tend = [float(e) for _, e in segments]
-    tscore = [float(s) for s in scores]
-    tindex = list(range(len(tscore)))
-    rindex, rscore = [], []
-    while len(tscore) > 0 and len(rscore) < top_k and max(tscore) > 0:
-        max_index = tscore.index(max(tscore))
-        for idx in range(len(tscore)):
-            if idx != max_index:
-                tmp_iou = iou(tstart[max_index], tend[max_index], tstart[idx], tend[idx])
-                if tmp_iou > 0:
-                    tscore[idx] = tscore[idx] * math.exp(-tmp_iou * tmp_iou / sigma)
-        rindex.append(tindex.pop(max_index))
-        rscore.append(tscore.pop(max_index))
-        tstart.pop(max_index)
-        tend.pop(max_index)
-    return rindex, rscore
 
 
 def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou_threshold, num_valid=None):
@@ -122,20 +94,6 @@ def random_inputs(gen, b, n, dtype=torch.float64, grid=False, quantize=False):
     return segments, scores
 
 
-def map_inputs(gen, b, t, dtype=torch.float32):
-    """All T(T+1)/2 anchors [s, e]/T of a G-TAD map with smooth scores: IoU with a few ground-truth segments times a
-    smooth random confidence, as G-TAD's cls x reg."""
-    s, e = torch.triu_indices(t + 1, t + 1, offset=1)
-    segments = (torch.stack([s, e], -1).to(torch.float64) / t).expand(b, -1, -1)
-    gt = torch.sort(torch.rand(b, 3, 2, generator=gen, dtype=torch.float64), dim=-1).values
-    inter = (torch.minimum(segments[:, :, None, 1], gt[:, None, :, 1])
-             - torch.maximum(segments[:, :, None, 0], gt[:, None, :, 0])).clamp_min(0)
-    union = (segments[..., 1] - segments[..., 0])[:, :, None] + (gt[..., 1] - gt[..., 0])[:, None] - inter
-    reg = (inter / union).amax(-1)
-    cls = torch.sigmoid(4 * torch.sin(segments[..., 0] * torch.rand(b, 1, generator=gen, dtype=torch.float64) * 9))
-    return segments.contiguous().to(dtype), (reg * cls).to(dtype)
-
-
 def kernel_devices():
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -167,7 +125,7 @@ def test_reference_matches_gtad_loop_on_grid_with_ties(seed):
 
 def test_checker_rejects_a_wrong_order(seed):
     gen = torch.Generator().manual_seed(seed)
-    segments, scores = map_inputs(gen, 1, 30, torch.float64)
+    segments, scores = gtad_like_inputs(1, 30, seed, torch.float64)
     idx, out = batched_soft_nms_reference(segments, scores, top_k=20)
     assert assert_valid_selection(segments, scores, idx, out, 0.8, 20, "gaussian", 0.5) == 0
     swapped = idx.clone()
@@ -440,7 +398,7 @@ def test_non_contiguous_inputs(seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernel_matches_reference_on_gtad_maps(seed, dtype):
     gen = torch.Generator().manual_seed(seed)
-    segments, scores = map_inputs(gen, 4, 100, dtype)  # 5050 anchors per video, as in G-TAD on ActivityNet
+    segments, scores = gtad_like_inputs(4, 100, seed, dtype)  # 5050 anchors per video, as in G-TAD on ActivityNet
     ref_idx, ref_out = batched_soft_nms_reference(segments, scores, sigma=0.8, top_k=100)
     idx, out = batched_soft_nms(segments, scores, sigma=0.8, top_k=100)
     assert (ref_idx[:, -1] >= 0).all()
@@ -461,7 +419,7 @@ def test_kernel_matches_reference_on_gtad_maps(seed, dtype):
 def test_cuda_matches_cpu(seed, method, dtype):
     assert lofi.ops.cuda_compiled()
     gen = torch.Generator().manual_seed(seed)
-    cases = [map_inputs(gen, 16, 100, dtype) + (None,)]
+    cases = [gtad_like_inputs(16, 100, seed, dtype) + (None,)]
     segments, scores = random_inputs(gen, 33, 2000, dtype, grid=True, quantize=True)
     cases.append((segments, scores, torch.randint(0, 2001, (33,), generator=gen)))
     # A video's state takes about 24 bytes per candidate: 2,000 to 8,000 need the opt-in shared memory above 48 KB,

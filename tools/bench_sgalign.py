@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Microbenchmark of SGAlign and the fused SGAlign-projection at G-TAD's ActivityNet size (issue 2).
+"""Microbenchmark of SGAlign and the fused SGAlign-projection at G-TAD's ActivityNet size.
 
 All 5,050 G-TAD anchors per video (T=100, 0.5*len window expansion), C=256, 32 inner + 4 context bins, forward +
 backward; B=2 videos on the CPU, 16 on CUDA. Baselines, measured in the same run:
@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from lofi import benchmark  # noqa: E402
 from lofi.atomic import write_json  # noqa: E402
 from lofi.ops import extension, sg_align, sg_align_project  # noqa: E402
-from lofi.ops.sg_align import _Plan, gtad_anchor_rois, sampling_plan  # noqa: E402
+from lofi.models.gtad import anchor_rois, anchor_windows  # noqa: E402
+from lofi.ops.sg_align import sampling_plan  # noqa: E402
 
 # Peak memory bandwidth (GB/s) by card name, for the achieved-bandwidth ratio.
 BANDWIDTH_GBS = {"H100 SXM": 3350, "H100 80GB HBM3": 3350, "H100 PCIe": 2000, "H100 NVL": 3900, "H200": 4800,
@@ -99,8 +100,10 @@ def main(argv=None) -> dict:
         return torch.randn(*shape, generator=gen, device=dev)
 
     x, x_ctx = randn(B, C, T).requires_grad_(), randn(B, C, T).requires_grad_()
-    rois = gtad_anchor_rois(B, T, device=dev)
-    rois = rois[(rois[:, 1] != 0) | (rois[:, 2] != 0)]  # the T(T+1)/2 valid anchors per video, no [b, 0, 0] dummies
+    rois = anchor_rois(anchor_windows(T, device=dev), B)  # the T(T+1)/2 valid anchors per video, as the head has them
+    # planned once, as the G-TAD head does for its L (the plan's cost is the last row)
+    plans = {n: sampling_plan(rois, T, B, [n], False) for n in (32, 4)}
+    fused_plan = sampling_plan(rois, T, B, [32, 4], False, 36)
     R = rois.shape[0]
     weight = torch.nn.Parameter(randn(O, C * 36) / (C * 36) ** 0.5)
     bias = torch.nn.Parameter(torch.zeros(O, device=dev))
@@ -108,7 +111,8 @@ def main(argv=None) -> dict:
     boxes = torch.cat([rois[:, :2], torch.zeros_like(rois[:, :1]), rois[:, 2:], torch.ones_like(rois[:, :1])], 1)
 
     def ours():
-        a, c = sg_align(x, rois, 32, check=False), sg_align(x_ctx, rois, 4, check=False)
+        a = sg_align(x, rois, 32, check=False, plan=plans[32])
+        c = sg_align(x_ctx, rois, 4, check=False, plan=plans[4])
         return torch.autograd.grad([a, c], [x, x_ctx], [g_in, g_ctx])
 
     def tv():
@@ -117,10 +121,11 @@ def main(argv=None) -> dict:
         return torch.autograd.grad([a, c], [x, x_ctx], [g_in, g_ctx])
 
     def fused_forward():
-        return sg_align_project(x, x_ctx, rois, weight, bias, check=False)
+        return sg_align_project(x, x_ctx, rois, weight, bias, check=False, plan=fused_plan)
 
     def unfused_forward():
-        feats = torch.cat([sg_align(x, rois, 32, check=False), sg_align(x_ctx, rois, 4, check=False)], 2)
+        feats = torch.cat([sg_align(x, rois, 32, check=False, plan=plans[32]),
+                           sg_align(x_ctx, rois, 4, check=False, plan=plans[4])], 2)
         return torch.nn.functional.linear(feats.flatten(1), weight, bias)
 
     def fused():
@@ -133,9 +138,8 @@ def main(argv=None) -> dict:
     torch.testing.assert_close(ours()[0], tv()[0], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(fused_forward(), unfused_forward(), rtol=1e-4, atol=1e-4)
 
-    def plan_build():  # what new ROIs cost (bypassing the cache): G-TAD's anchors pay it once per (B, T)
-        plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, T, B, [32, 4], False)), 36)
-        return plan.transposed(B, 36, T) if cuda else plan
+    def plan_build():  # what new ROIs cost (with the transpose on CUDA): the G-TAD head pays it once per (B, L)
+        return sampling_plan(rois, T, B, [32, 4], False, 36)
 
     t_plan = benchmark.median_seconds(plan_build, repeats=repeats, warmup=1, cuda=cuda)
     t_ours = benchmark.median_seconds(ours, repeats=repeats, warmup=1, cuda=cuda)
@@ -160,12 +164,12 @@ def main(argv=None) -> dict:
          f"{t_unfused * 1e3:.1f} ms", f"{t_unfused / t_fused:.1f}x"],
         ["fused: saved activations", f"{mem_fused / 1e6:.1f} MB", "sg_align + conv", f"{mem_unfused / 1e6:.1f} MB",
          f"{mem_unfused / mem_fused:.1f}x less"],
-        ["sampling plan for new ROIs (32+4 bins)", f"{t_plan * 1e3:.1f} ms", "-", "-", "once per ROI set (cached)"],
+        ["sampling plan for new ROIs (32+4 bins)", f"{t_plan * 1e3:.1f} ms", "-", "-",
+         "once per ROI set (kept by the caller)"],
     ]
     if cuda:
         peak_fused, peak_unfused = peak_cuda_bytes(fused), peak_cuda_bytes(unfused)
-        plans = [sampling_plan(rois, T, B, [n], False) for n in (32, 4)]
-        plan_bytes = sum(t.nbytes for p in plans for t in p.tensors() + p.transposed(B, 1, T))
+        plan_bytes = sum(t.nbytes for p in plans.values() for t in p[:7])
         traffic = 4 * (4 * B * C * T + 2 * R * C * 36) + plan_bytes  # x, x_ctx and their grads; output and its grad
         gbs, peak_bw = traffic / t_ours / 1e9, card_bandwidth()
         figures.update({"fused_peak_MB": peak_fused / 1e6, "unfused_peak_MB": peak_unfused / 1e6,

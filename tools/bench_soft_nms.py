@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Microbenchmark of soft-NMS at G-TAD's ActivityNet size (issue 2).
+"""Microbenchmark of soft-NMS at G-TAD's ActivityNet size.
 
 Default: 100 videos x 5,050 proposals (all anchors [s, e] of a T=100 map, normalized time) with G-TAD-like scores
 cls x reg (smooth maps peaking on a few ground-truth segments), Gaussian, top_k=100, sigma=0.8, float32.
@@ -8,13 +8,12 @@ Rows, all measured in this run (median of repeated runs; kernels with check=Fals
     --device cuda, CUDA (one launch for the batch);
   * the project's pure-PyTorch reference, lofi.ops.batched_soft_nms_reference, on the same device (all videos at once);
   * a vectorized NumPy O(top_k·N) loop, one video at a time (NumPy arrays over the N candidates);
-  * G-TAD's per-video pure-Python loop (tests/test_soft_nms.py: gtad_style_soft_nms), timed on --gtad-videos videos
+  * G-TAD's per-video pure-Python loop (lofi.ops.soft_nms_baselines.gtad_style_soft_nms), timed on --gtad-videos videos
     and scaled linearly to the batch.
 Each row's ratio is its time over the kernel's. Every baseline's picks are checked against the kernel's.
 Usage: python tools/bench_soft_nms.py [--device cpu|cuda] [--videos B] [--json PATH] [--no-record]
 """
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -26,38 +25,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 from lofi import benchmark  # noqa: E402
 from lofi.ops import batched_soft_nms, batched_soft_nms_reference, extension  # noqa: E402
+from lofi.ops.soft_nms_baselines import gtad_like_inputs, gtad_style_soft_nms  # noqa: E402
 from lofi.atomic import write_json  # noqa: E402
-
-
-def _gtad_loop():
-    """The literal G-TAD-style loop that tests/test_soft_nms.py checks against the reference (loaded by path)."""
-    path = os.path.join(ROOT, "tests", "test_soft_nms.py")
-    spec = importlib.util.spec_from_file_location("_lofi_test_soft_nms", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.gtad_style_soft_nms
-
-
-def gtad_like_inputs(videos: int, t: int, seed: int):
-    """All T(T+1)/2 anchors [s, e]/T of a G-TAD map per video, float32 (B, N, 2), and scores cls·reg (B, N): reg is
-    the best IoU with 1-4 random ground-truth segments, cls a smooth logistic map of it; both with smooth noise."""
-    gen = torch.Generator().manual_seed(seed)
-    s, e = torch.triu_indices(t + 1, t + 1, offset=1).double() / t
-    segments = torch.stack([s, e], -1).expand(videos, -1, -1)
-    count = torch.randint(1, 5, (videos, 1), generator=gen)
-    gt = torch.sort(torch.rand(videos, 4, 2, generator=gen, dtype=torch.float64), -1).values
-    inter = (torch.minimum(e[None, :, None], gt[:, None, :, 1]) - torch.maximum(s[None, :, None], gt[:, None, :, 0]))
-    inter = inter.clamp_min(0)
-    union = (e - s)[None, :, None] + (gt[..., 1] - gt[..., 0])[:, None] - inter
-    iou = torch.where((torch.arange(4) < count)[:, None], inter / union, 0).amax(-1)
-
-    def smooth_noise():
-        a, b, c = torch.rand(3, videos, 1, generator=gen, dtype=torch.float64)
-        return torch.sin(6 * a * s + 6 * b * e + 6 * c)
-
-    reg = (iou + 0.1 * smooth_noise()).clamp(0, 1)
-    cls = torch.sigmoid(8 * (iou - 0.4) + smooth_noise())
-    return segments.float().contiguous(), (cls * reg).float()
 
 
 def numpy_soft_nms(segments: np.ndarray, scores: np.ndarray, sigma: float, top_k: int):
@@ -161,7 +130,6 @@ def main(argv=None) -> dict:
     g = min(args.gtad_videos, b)
     seg_list, sc_list = seg_np[:g].tolist(), sc_np[:g].tolist()
     start = time.perf_counter()
-    gtad_style_soft_nms = _gtad_loop()
     gtad = [gtad_style_soft_nms(seg_list[v], sc_list[v], args.sigma, args.top_k) for v in range(g)]
     t_gtad_video = (time.perf_counter() - start) / g
     agree[f"gtad_vs_cpu_videos_of_{g}"] = sum(same_picks(gtad[v][0], valid[v]) for v in range(g))

@@ -1,4 +1,4 @@
-// SGAlign sampling plan and its application on the CPU; op schemas for the `lofi` namespace.
+// SGAlign sampling plan and its application on the CPU (op schemas: csrc/lofi.cpp).
 //
 // A plan (see csrc/sg_align.h) is a CSR matrix whose row r*P + p (ROI r, bin p of P) holds the averaged interpolation
 // weights of a contiguous run of snippets: batch (R,) int64 (-1: invalid ROI, no entries), row_ptr (R*P+1,) int64,
@@ -205,15 +205,6 @@ Tensor scatter_cpu(const Tensor& grad, const Tensor& batch, const Tensor& row_pt
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(lofi, m) {
-  m.def("sg_align_plan(Tensor rois, int length, int num_batches, int[] bins, bool double_precision)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("sg_align_gather(Tensor input, Tensor batch, Tensor row_ptr, Tensor start, Tensor weight, int bins,"
-        " bool sum_bins) -> Tensor");
-  m.def("sg_align_scatter(Tensor grad, Tensor batch, Tensor row_ptr, Tensor start, Tensor weight, Tensor t_ptr,"
-        " Tensor t_row, Tensor t_weight, int bins, int num_batches, int sources, int length) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(lofi, CPU, m) {
   m.impl("sg_align_plan", &plan_cpu);

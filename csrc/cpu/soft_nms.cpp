@@ -170,12 +170,6 @@ std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cpu(const at::Tensor& segmen
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(lofi, m) {
-  m.def(
-      "batched_soft_nms(Tensor segments, Tensor scores, Tensor? num_valid, float sigma, int top_k, int method, "
-      "float iou_threshold) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(lofi, CPU, m) { m.impl("batched_soft_nms", &batched_soft_nms_cpu); }
 
 }  // namespace lofi

@@ -1,50 +1,32 @@
 """SGAlign (G-TAD's Align1D) and the fused SGAlign + 1x1-conv projection of the G-TAD head.
 
-Semantics (REFERENCE.md §4.1): 1-D ROI align with ``aligned=False`` and the adaptive grid
+Semantics: 1-D ROI align with ``aligned=False`` and the adaptive grid
 ``g = ceil(max(end - start, 1) / bins)``; feature index ``i`` sits at continuous position ``i``. Bin ``p`` of a ROI
 averages the linear interpolation of ``x`` at ``start + p*bin + (i + 0.5)*bin/g``, ``i < g``; a sample outside
 ``[-1, T]`` contributes 0, one in ``[-1, 0)`` is clamped to 0 and one at or beyond ``T - 1`` reads ``x[T-1]``.
 It equals ``torchvision.ops.roi_align(x[:, :, None], [b, start, 0, end, 1], (1, bins), 1.0, 0, aligned=False)``.
 
 Both ops are linear in their inputs, so each is a *sampling plan*: a sparse matrix whose row ``(roi, bin)`` holds the
-averaged interpolation weights over a contiguous run of snippets (REFERENCE.md §4.1 item 2). The compiled kernels
-(``torch.ops.lofi.sg_align_*``) build that plan once per set of ROIs (cached, see :func:`sampling_plan`) and apply it
-as a sparse product. Backward applies its transpose without atomics, so gradients are deterministic (the only
-mode): CUDA sums over a transposed plan, one thread per input-gradient element; the CPU threads own channel blocks.
-The pure-PyTorch references build the same matrix with ``torch.sparse`` and are the tests' oracles.
+averaged interpolation weights over a contiguous run of snippets. The compiled kernels (``torch.ops.lofi.sg_align_*``)
+build that plan (:func:`sampling_plan`) and apply it as a sparse product; a caller that reuses its ROIs builds the plan
+once and passes it (the G-TAD head keeps one per snippet count L). Backward applies its transpose without atomics, so
+gradients are deterministic (the only mode): CUDA sums over a transposed plan, one thread per input-gradient element;
+the CPU threads own channel blocks. The pure-PyTorch references build the same matrix with ``torch.sparse`` and are
+the tests' oracles.
 
 ROIs are ``(R, 3)`` rows ``[batch_index, start, end]`` in snippet units (continuous positions, 0..T).
 """
-import collections
-import weakref
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from .extension import use_kernel
+from .extension import _C, use_kernel
 
 __all__ = ["sg_align", "sg_align_project", "sg_align_reference", "sg_align_project_reference", "sampling_plan",
-           "gtad_anchor_rois"]
+           "SamplingPlan"]
 
 _CPU_DTYPES = (torch.float32, torch.float64)
 _CUDA_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def gtad_anchor_rois(batch_size: int, length: int, expand: float = 0.5, device=None,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """G-TAD's SGAlign windows (REFERENCE.md §1.4): (batch_size*T*T, 3) rows ``[b, start, end]`` in snippets.
-
-    Ordered (video, start s, duration index d). A valid proposal (s + d < T) covers snippets s..s+d and samples the
-    window ``[s - expand*(d+1), s + d + expand*(d+1)]``; an invalid cell gets the dummy ROI ``[b, 0, 0]``.
-    """
-    s = torch.arange(length, dtype=torch.float64)[:, None].expand(length, length)
-    d = torch.arange(length, dtype=torch.float64)[None, :].expand(length, length)
-    valid = s + d < length
-    start = torch.where(valid, s - expand * (d + 1), torch.zeros_like(s))
-    end = torch.where(valid, s + d + expand * (d + 1), torch.zeros_like(s))
-    window = torch.stack([start, end], -1).reshape(1, length * length, 2).expand(batch_size, -1, -1)
-    b = torch.arange(batch_size, dtype=torch.float64)[:, None, None].expand(-1, length * length, 1)
-    return torch.cat([b, window], -1).reshape(-1, 3).to(device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -244,131 +226,129 @@ def sg_align_project_reference(x, x_ctx, rois, weight, bias=None, inner_bins: in
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Compiled kernels: sampling plans (cached per ROI tensor) and autograd wrappers
+# Compiled kernels: sampling plans (owned by the caller) and autograd wrappers
 # ----------------------------------------------------------------------------------------------------------------------
-class _Plan:
-    """Sampling plan in CSR form: row ``r*P + p`` covers snippets ``start[row] + k``, k < its length.
+class SamplingPlan(NamedTuple):
+    """Compiled sampling plan of R ROIs over ``num_batches`` videos of ``length`` snippets, in CSR form: row r*P + p
+    (ROI r, bin p of P = sum(bins)) covers snippets ``start[row] + k``, k < its length.
 
-    batch (R,) int64 (-1 for an invalid ROI, which then has no entries), row_ptr (R*P+1,) int64, start (R*P,) int64,
-    weight (nnz,) float32/float64. ``transposed(B, S, T)`` gives the CSR over (batch, source, snippet) rows used by
-    the gather-style backward; source s is 0 when S == 1 (all bins read one input) and the bin when S == P.
+    batch (R,) int64 (-1 for an invalid ROI, which has no entries), row_ptr (R*P+1,) int64, start (R*P,) int64,
+    weight (nnz,) float32 or float64. On CUDA also the transpose used by the backward: the CSR over rows (b, s, t),
+    t_ptr (B*S*T+1,) int64, t_row (nnz,) int64 (the plan row r*P + p of each entry), t_weight (nnz,); source s is 0
+    when ``sources`` == 1 (all bins read one input) and the bin when ``sources`` == P. On the CPU these three are
+    empty: the CPU backward needs no transpose.
     """
-
-    def __init__(self, tensors: Tuple[torch.Tensor, ...], bins: int):
-        self.batch, self.row_ptr, self.start, self.weight = tensors
-        self.bins = bins
-        self._transposed = {}
-
-    def tensors(self) -> Tuple[torch.Tensor, ...]:
-        return self.batch, self.row_ptr, self.start, self.weight
-
-    def transposed(self, num_batches: int, sources: int, length: int) -> Tuple[torch.Tensor, ...]:
-        key = (num_batches, sources, length)
-        if key not in self._transposed:
-            self._transposed[key] = _transpose_plan(self, num_batches, sources, length)
-        return self._transposed[key]
+    batch: torch.Tensor
+    row_ptr: torch.Tensor
+    start: torch.Tensor
+    weight: torch.Tensor
+    t_ptr: torch.Tensor
+    t_row: torch.Tensor
+    t_weight: torch.Tensor
+    bins: Tuple[int, ...]
+    num_batches: int
+    length: int
+    sources: int
 
 
-def _transpose_plan(plan: _Plan, num_batches: int, sources: int, length: int) -> Tuple[torch.Tensor, ...]:
-    """CSR of the plan's transpose: rows (b, s, t), entries (row r*P + p, weight); no host sync."""
-    ptr, nnz, P = plan.row_ptr, plan.weight.numel(), plan.bins
-    dev = ptr.device
-    lens = ptr[1:] - ptr[:-1]
+def _transpose_plan(batch, row_ptr, start, weight, bins: int, num_batches: int, sources: int, length: int):
+    """CSR of a plan's transpose: rows (b, s, t), entries (row r*P + p, weight); no host sync."""
+    nnz, P = weight.numel(), bins
+    dev = row_ptr.device
+    lens = row_ptr[1:] - row_ptr[:-1]
     row = torch.repeat_interleave(torch.arange(lens.numel(), device=dev), lens, output_size=nnz)
-    snippet = plan.start[row] + torch.arange(nnz, device=dev) - ptr[:-1][row]
+    snippet = start[row] + torch.arange(nnz, device=dev) - row_ptr[:-1][row]
     source = row % P if sources > 1 else torch.zeros_like(row)
-    key = (plan.batch[row // P] * sources + source) * length + snippet
+    key = (batch[row // P] * sources + source) * length + snippet
     key, order = torch.sort(key, stable=True)
     bounds = torch.arange(num_batches * sources * length + 1, device=dev)
-    return torch.searchsorted(key, bounds), row[order], plan.weight[order]
+    return torch.searchsorted(key, bounds), row[order], weight[order]
 
 
-class _CacheEntry:
-    def __init__(self, rois: torch.Tensor, plan: _Plan):
-        self.rois = rois.detach().clone()  # the content the plan was built for (R x 3 numbers)
-        self.source, self.version = weakref.ref(rois), rois._version  # fast path: the very same, unmodified tensor
-        self.plan = plan
+def _no_transpose(plan) -> Tuple[torch.Tensor, ...]:
+    """Three distinct empty tensors in place of the transpose, which the CPU kernels do not read."""
+    return plan[1].new_empty(0), plan[1].new_empty(0), plan[3].new_empty(0)
 
 
-_PLAN_CACHE: "collections.OrderedDict[tuple, _CacheEntry]" = collections.OrderedDict()
-_PLAN_CACHE_SIZE = 4
-
-
-def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Sequence[int], double: bool) -> _Plan:
-    """The compiled sampling plan of ``rois`` over T=``length`` snippets and B=``num_batches`` videos for the
+def sampling_plan(rois: torch.Tensor, length: int, num_batches: int, bins: Sequence[int], double: bool,
+                  sources: int = 1) -> Optional[SamplingPlan]:
+    """The compiled sampling plan of ``rois`` (R, 3) over T=``length`` snippets and B=``num_batches`` videos for the
     concatenated bin groups ``bins`` (e.g. [32, 4]); positions and weights in float64 when ``double``, else float32.
+    ``sources``: 1 for :func:`sg_align` (one input), sum(bins) for :func:`sg_align_project` (one source per bin).
 
-    Cached by content (4 entries, least recently used out), so G-TAD's anchors are planned once per (B, T) even when
-    the caller rebuilds the ROI tensor every step. The same unmodified tensor object hits without looking at the
-    values; an equal copy costs one comparison (a host sync on CUDA). Plans made under inference mode are not kept.
+    None when no compiled kernel serves the ROIs' device (the pure-PyTorch references need no plan). Building one
+    costs a device->host sync on CUDA; callers that reuse their ROIs build it once and pass it to the ops.
     """
-    bins = [int(b) for b in bins]
-    key = (tuple(rois.shape), rois.dtype, rois.device, length, num_batches, tuple(bins), double)
-    entry = _PLAN_CACHE.get(key)
-    if entry is not None:
-        same = entry.source() is rois and not rois.is_inference() and rois._version == entry.version
-        if same or torch.equal(entry.rois, rois):
-            _PLAN_CACHE.move_to_end(key)
-            return entry.plan
-    plan = _Plan(tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, bins, double)), sum(bins))
-    if not torch.is_inference_mode_enabled() and not rois.is_inference():
-        _PLAN_CACHE[key] = _CacheEntry(rois, plan)
-        _PLAN_CACHE.move_to_end(key)
-        while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-            _PLAN_CACHE.popitem(last=False)
-    return plan
-
-
-def _scatter(grad_rows: torch.Tensor, plan: _Plan, num_batches: int, sources: int, length: int) -> torch.Tensor:
-    """Transpose of the gather: grad (R, Q, D) -> (B, S, T, D). CUDA gathers over the transposed plan (built once
-    and kept with the plan); the CPU kernel scatters over channel blocks and needs none."""
-    if grad_rows.is_cuda:
-        transposed = plan.transposed(num_batches, sources, length)
+    if not _kernels_serve(rois):
+        return None
+    bins = tuple(int(b) for b in bins)
+    P = sum(bins)
+    tensors = tuple(torch.ops.lofi.sg_align_plan(rois, length, num_batches, list(bins), double))
+    if rois.is_cuda:
+        transposed = _transpose_plan(*tensors, P, num_batches, sources, length)
     else:
-        transposed = (plan.row_ptr.new_empty(0),) * 2 + (plan.weight.new_empty(0),)
-    return torch.ops.lofi.sg_align_scatter(grad_rows, *plan.tensors(), *transposed, plan.bins, num_batches, sources,
-                                           length)
+        transposed = _no_transpose(tensors)
+    return SamplingPlan(*tensors, *transposed, bins, num_batches, length, sources)
+
+
+def _check_plan(plan, rois: torch.Tensor, x: torch.Tensor, bins: Tuple[int, ...], sources: int) -> None:
+    """Raises ValueError when ``plan`` was not built for these ROIs' count, x's (B, T) and dtype, bins and sources."""
+    if not isinstance(plan, SamplingPlan):
+        raise ValueError(f"plan must be a SamplingPlan from lofi.ops.sampling_plan, got {type(plan).__name__}")
+    want = dict(rois=rois.shape[0], num_batches=x.shape[0], length=x.shape[2], bins=bins, sources=sources,
+                weight_dtype=_position_dtype(x), device=x.device)
+    have = dict(rois=plan.batch.shape[0], num_batches=plan.num_batches, length=plan.length, bins=plan.bins,
+                sources=plan.sources, weight_dtype=plan.weight.dtype, device=plan.weight.device)
+    wrong = [f"{key}={have[key]} (needs {want[key]})" for key in want if have[key] != want[key]]
+    if wrong:
+        raise ValueError(f"plan does not fit the inputs: {', '.join(wrong)}")
+
+
+def _scatter(grad_rows: torch.Tensor, tensors: Sequence[torch.Tensor], bins: int, num_batches: int, sources: int,
+             length: int) -> torch.Tensor:
+    """Transpose of the gather: grad (R, Q, D) -> (B, S, T, D) with the plan's 7 tensors (the transposed ones are
+    read on CUDA only)."""
+    return torch.ops.lofi.sg_align_scatter(grad_rows, *tensors, bins, num_batches, sources, length)
 
 
 class _SGAlignFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, plan: _Plan):
-        B, C, T = x.shape
-        ctx.plan, ctx.shape = plan, (B, C, T)
-        ctx.save_for_backward(*plan.tensors())
+    def forward(ctx, x, batch, row_ptr, start, weight, t_ptr, t_row, t_weight, bins: int):
+        ctx.bins, ctx.shape = bins, x.shape
+        ctx.save_for_backward(batch, row_ptr, start, weight, t_ptr, t_row, t_weight)
         source = x.transpose(1, 2).unsqueeze(1)  # (B, 1, T, C)
-        return torch.ops.lofi.sg_align_gather(source, *plan.tensors(), plan.bins, False)
+        return torch.ops.lofi.sg_align_gather(source, batch, row_ptr, start, weight, bins, False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         B, C, T = ctx.shape
-        plan = ctx.plan
         grad_rows = grad.transpose(1, 2)  # (R, P, C) view
         if grad_rows.is_cuda:
             grad_rows = grad_rows.contiguous()  # coalesced reads in the CUDA gather
-        g = _scatter(grad_rows, plan, B, 1, T)
-        return g.view(B, T, C).transpose(1, 2).contiguous(), None
+        g = _scatter(grad_rows, ctx.saved_tensors, ctx.bins, B, 1, T)
+        return (g.view(B, T, C).transpose(1, 2).contiguous(),) + (None,) * 8
 
 
 class _SGAlignProjectFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, x_ctx, weight, bias, plan: _Plan, inner_bins: int, ctx_bins: int):
-        ctx.plan, ctx.bins = plan, (inner_bins, ctx_bins)
+    def forward(ctx, x, x_ctx, weight, bias, batch, row_ptr, start, plan_weight, t_ptr, t_row, t_weight,
+                inner_bins: int, ctx_bins: int):
+        ctx.bins = (inner_bins, ctx_bins)
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, x_ctx, weight, *plan.tensors())
+        ctx.save_for_backward(x, x_ctx, weight, batch, row_ptr, start, plan_weight, t_ptr, t_row, t_weight)
         z = _project_sources(x, x_ctx, weight, inner_bins, ctx_bins)  # (B, P, T, O)
-        out = torch.ops.lofi.sg_align_gather(z, *plan.tensors(), plan.bins, True)
+        out = torch.ops.lofi.sg_align_gather(z, batch, row_ptr, start, plan_weight, inner_bins + ctx_bins, True)
         return out.add_(bias) if bias is not None else out  # out is a fresh tensor of ours
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, x_ctx, weight = ctx.saved_tensors[:3]
-        plan, (inner_bins, ctx_bins) = ctx.plan, ctx.bins
+        inner_bins, ctx_bins = ctx.bins
         B, C, T = x.shape
-        O, P = weight.shape[0], plan.bins
-        gz = _scatter(grad.unsqueeze(1), plan, B, P, T)  # (B, P, T, O)
+        O, P = weight.shape[0], inner_bins + ctx_bins
+        gz = _scatter(grad.unsqueeze(1), ctx.saved_tensors[3:], P, B, P, T)  # (B, P, T, O)
         gz = gz.permute(0, 2, 1, 3).reshape(B * T, P * O)  # rows (b, t), columns (bin, o)
         grads = []
         for src, first, last in ((x, 0, inner_bins), (x_ctx, inner_bins, P)):
@@ -379,37 +359,102 @@ class _SGAlignProjectFunction(torch.autograd.Function):
             grads.append((gx, gw))
         grad_weight = torch.cat([grads[0][1], grads[1][1]], dim=1).permute(2, 0, 1).reshape(O, C * P)
         grad_bias = grad.sum(0) if ctx.has_bias else None
-        return grads[0][0], grads[1][0], grad_weight, grad_bias, None, None, None
+        return (grads[0][0], grads[1][0], grad_weight, grad_bias) + (None,) * 9
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The ops' fake (meta) kernels and autograd, for torch.compile and torch.library.opcheck. sg_align_gather and
+# sg_align_scatter are each other's transpose (the plan is not differentiated); the APIs below use their own
+# autograd functions, which keep the CUDA transpose with the plan instead of rebuilding it every backward.
+# ----------------------------------------------------------------------------------------------------------------------
+def _fake_plan(rois, length, num_batches, bins, double_precision):
+    R, P = rois.shape[0], sum(bins)
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    weight = rois.new_empty(nnz, dtype=torch.float64 if double_precision else torch.float32)
+    return (rois.new_empty(R, dtype=torch.int64), rois.new_empty(R * P + 1, dtype=torch.int64),
+            rois.new_empty(R * P, dtype=torch.int64), weight)
+
+
+def _fake_gather(input, batch, row_ptr, start, weight, bins, sum_bins):
+    R, D = batch.shape[0], input.shape[3]
+    return input.new_empty((R, D) if sum_bins else (R, D, bins))
+
+
+def _fake_scatter(grad, batch, row_ptr, start, weight, t_ptr, t_row, t_weight, bins, num_batches, sources, length):
+    return grad.new_empty(num_batches, sources, length, grad.shape[2])
+
+
+def _gather_setup(ctx, inputs, output):
+    input, batch, row_ptr, start, weight, bins, sum_bins = inputs
+    ctx.save_for_backward(batch, row_ptr, start, weight)
+    ctx.bins, ctx.sum_bins, ctx.shape = bins, sum_bins, input.shape
+
+
+def _gather_backward(ctx, grad):
+    B, S, T, _ = ctx.shape
+    plan = ctx.saved_tensors
+    grad_rows = grad.unsqueeze(1) if ctx.sum_bins else grad.transpose(1, 2)  # (R, Q, D)
+    if grad.is_cuda:
+        transposed = _transpose_plan(*plan, ctx.bins, B, S, T)
+        grad_rows = grad_rows.contiguous()
+    else:
+        transposed = _no_transpose(plan)
+    return (_scatter(grad_rows, plan + transposed, ctx.bins, B, S, T),) + (None,) * 6
+
+
+def _scatter_setup(ctx, inputs, output):
+    grad, batch, row_ptr, start, weight = inputs[:5]
+    ctx.save_for_backward(batch, row_ptr, start, weight)
+    ctx.bins, ctx.summed = inputs[8], grad.shape[1] == 1 and inputs[8] > 1
+
+
+def _scatter_backward(ctx, grad_out):
+    rows = torch.ops.lofi.sg_align_gather(grad_out, *ctx.saved_tensors, ctx.bins, ctx.summed)
+    return (rows.unsqueeze(1) if ctx.summed else rows.transpose(1, 2),) + (None,) * 11
+
+
+if _C is not None and hasattr(torch.ops.lofi, "sg_align_plan"):
+    torch.library.register_fake("lofi::sg_align_plan", _fake_plan)
+    torch.library.register_fake("lofi::sg_align_gather", _fake_gather)
+    torch.library.register_fake("lofi::sg_align_scatter", _fake_scatter)
+    torch.library.register_autograd("lofi::sg_align_gather", _gather_backward, setup_context=_gather_setup)
+    torch.library.register_autograd("lofi::sg_align_scatter", _scatter_backward, setup_context=_scatter_setup)
 
 
 def _kernels_serve(x: torch.Tensor) -> bool:
     return use_kernel(x) and hasattr(torch.ops.lofi, "sg_align_plan")
 
 
-def sg_align(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bool = True) -> torch.Tensor:
+def sg_align(x: torch.Tensor, rois: torch.Tensor, bins: int, check: bool = True,
+             plan: Optional[SamplingPlan] = None) -> torch.Tensor:
     """SGAlign / G-TAD Align1D: x (B, C, T), rois (R, 3) [batch_index, start, end] in snippets -> (R, C, bins).
 
     Differentiable w.r.t. ``x``. ``check=False`` skips the NaN/inf and batch-index checks (a host sync on CUDA);
-    invalid ROIs then give zeros instead of an error, never an out-of-bounds access.
+    invalid ROIs then give zeros instead of an error, never an out-of-bounds access. ``plan``: these ROIs'
+    ``sampling_plan(rois, T, B, [bins], x.dtype == torch.float64)``, built here when None (or unused without kernels).
     """
     _check_features("x", x)
     _check_rois(rois, x, check)
     _check_bins("bins", bins)
     if not _kernels_serve(x):
         return sg_align_reference(x, rois, bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], x.shape[0], [bins], x.dtype == torch.float64)
-    return _SGAlignFunction.apply(x, plan)
+    if plan is None:
+        plan = sampling_plan(rois, x.shape[2], x.shape[0], [bins], x.dtype == torch.float64)
+    _check_plan(plan, rois, x, (bins,), 1)
+    return _SGAlignFunction.apply(x, *plan[:7], bins)
 
 
 def sg_align_project(x: torch.Tensor, x_ctx: torch.Tensor, rois: torch.Tensor, weight: torch.Tensor,
                      bias: Optional[torch.Tensor] = None, inner_bins: int = 32, ctx_bins: int = 4,
-                     check: bool = True) -> torch.Tensor:
+                     check: bool = True, plan: Optional[SamplingPlan] = None) -> torch.Tensor:
     """Fused SGAlign + 1x1 conv (G-TAD's first localization layer, no ReLU) -> (R, O).
 
     Equals ``linear(cat([sg_align(x, rois, inner_bins), sg_align(x_ctx, rois, ctx_bins)], 2).flatten(1), weight, bias)``
     without materializing the (R, C*(inner_bins+ctx_bins)) tensor: x, x_ctx (B, C, T); rois (R, 3);
     weight (O, C*P), ``weight[o, c*P + p]``; bias (O,) or None. Gradients flow to x, x_ctx, weight and bias.
     Under autocast the floating inputs are cast to the autocast dtype (CUDA) or float32 (CPU), as for a conv.
+    ``plan``: ``sampling_plan(rois, T, B, [inner_bins, ctx_bins], x.dtype == torch.float64, sources=P)`` for the
+    compute dtype, built here when None (unused without kernels).
     """
     device_type = x.device.type if isinstance(x, torch.Tensor) else "cpu"
     if torch.is_autocast_enabled(device_type):  # like a conv: one compute dtype (fp32 on the CPU kernels)
@@ -417,9 +462,12 @@ def sg_align_project(x: torch.Tensor, x_ctx: torch.Tensor, rois: torch.Tensor, w
         x, x_ctx, weight = (t.to(dtype) if isinstance(t, torch.Tensor) else t for t in (x, x_ctx, weight))
         bias = bias.to(dtype) if isinstance(bias, torch.Tensor) else bias
         with torch.autocast(device_type, enabled=False):
-            return sg_align_project(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
+            return sg_align_project(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check, plan)
     _check_projection(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check)
     if not _kernels_serve(x):
         return sg_align_project_reference(x, x_ctx, rois, weight, bias, inner_bins, ctx_bins, check=False)
-    plan = sampling_plan(rois, x.shape[2], x.shape[0], [inner_bins, ctx_bins], x.dtype == torch.float64)
-    return _SGAlignProjectFunction.apply(x, x_ctx, weight, bias, plan, inner_bins, ctx_bins)
+    P = inner_bins + ctx_bins
+    if plan is None:
+        plan = sampling_plan(rois, x.shape[2], x.shape[0], [inner_bins, ctx_bins], x.dtype == torch.float64, P)
+    _check_plan(plan, rois, x, (inner_bins, ctx_bins), P)
+    return _SGAlignProjectFunction.apply(x, x_ctx, weight, bias, *plan[:7], inner_bins, ctx_bins)

@@ -1,6 +1,6 @@
 """1-D soft-NMS over temporal segments (G-TAD's Gaussian rule, plus OpenTAD's linear and hard rules).
 
-Semantics (REFERENCE.md §3.2), per video:
+Semantics, per video:
   1. pick the remaining candidate with the highest current score (ties: the lowest index);
   2. output it with its current, already decayed, score and remove it;
   3. multiply every other remaining score by a weight of its IoU with the pick:
@@ -160,6 +160,15 @@ def batched_soft_nms(segments: torch.Tensor, scores: torch.Tensor, num_valid: Op
         num_valid = num_valid.to(torch.int64)
     return torch.ops.lofi.batched_soft_nms(segments, scores, num_valid, float(sigma), top_k, METHODS[method],
                                            float(iou_threshold))
+
+
+def _fake_batched_soft_nms(segments, scores, num_valid, sigma, top_k, method, iou_threshold):
+    """Shapes of the kernel's outputs: indices (B, top_k) int64 and scores (B, top_k) in the scores' dtype."""
+    return (scores.new_empty(scores.shape[0], top_k, dtype=torch.int64), scores.new_empty(scores.shape[0], top_k))
+
+
+if extension.available():  # the op has no autograd: its outputs are picks, not a function to differentiate
+    torch.library.register_fake("lofi::batched_soft_nms", _fake_batched_soft_nms)
 
 
 def soft_nms(segments: torch.Tensor, scores: torch.Tensor, sigma: float = 0.8, top_k: int = 100,
