@@ -9,8 +9,8 @@
 3. Gaussian soft-NMS over the whole batch (``lofi.ops.batched_soft_nms``), top-k per video.
 4. Seconds = snippets / L · duration, clipped to [0, duration].
 5. Video-level classification fusion: each of the top-2 classes × each proposal (score product) → ≤ 2·top_k
-   detections per video. Class scores come from an external CUHK-format file (REFERENCE §3.3) or from the caller's
-   (B, K) probabilities, e.g. ``lofi.models.VideoClassifier`` softmax outputs.
+   detections per video. Class scores come from an external CUHK-format file (the video-level scores G-TAD uses)
+   or from the caller's (B, K) probabilities, e.g. ``lofi.models.VideoClassifier`` softmax outputs.
 """
 import json
 import os

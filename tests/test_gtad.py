@@ -11,7 +11,7 @@ SMALL = dict(hidden_1d=32, hidden_2d=16, hidden_3d=32, groups=8)
 
 def test_parameter_count_activitynet_config():
     count = sum(p.numel() for p in GTAD(400).parameters())
-    assert count == 5_563_268  # REFERENCE §1.2, from the layer shapes of G-TAD's anet branch
+    assert count == 5_563_268  # from the layer shapes of G-TAD's ActivityNet model
 
 
 @pytest.mark.parametrize("L", [25, 50, 100])

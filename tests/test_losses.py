@@ -1,4 +1,4 @@
-"""Targets (REFERENCE §2.1) and the G-TAD loss (§2.2)."""
+"""G-TAD's targets and loss."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""`build_loader`: shards → batches of uint8 frames at the fidelity the schedule names (INTERFACES.md, issue 3 §3)."""
+"""`build_loader`: shards → batches of uint8 frames at the fidelity the schedule names."""
 import functools
 import gc
 import importlib.util

@@ -1,4 +1,4 @@
-"""Which frames a snippet holds (OpenTAD's LoadSnippetFrames, REFERENCE.md §6.2).
+"""Which frames a snippet holds (as OpenTAD's LoadSnippetFrames samples them).
 
 L snippet centres spread uniformly over a frame range [start, end): centre_l = start + (l + 0.5)·n/L − 0.5 (frame
 units, n = end − start). Each snippet is T frames at offsets (k − T/2)·stride, k = 0..T−1, rounded to the nearest

@@ -1,4 +1,4 @@
-"""The shards of one subset, the samples each holds, and their agreement with manifest.json (issue 3 §1, §3).
+"""The shards of one subset, the samples each holds, and their agreement with manifest.json.
 
 A shard is a tar of samples `KEY.mp4` + `KEY.json` (webdataset's grouping: the key is the file name up to its first
 dot). Indexing reads only the tar headers (and, for `foreground`, the small json members), so it is cheap; the

@@ -1,4 +1,4 @@
-"""G-TAD loss (REFERENCE §2.2): ``L = L_tem + 10·L_reg + L_cls``, statistics over the whole batch.
+"""G-TAD's loss: ``L = L_tem + 10·L_reg + L_cls``, statistics over the whole batch.
 
 The statistics are counts: positives and negatives of each balanced BCE, the high/mid/low IoU cells that set the
 regression sampling ratios, and the sampled cells. By default they are this batch's; ``batch_statistics`` computes

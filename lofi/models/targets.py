@@ -1,4 +1,4 @@
-"""G-TAD training targets (REFERENCE §2.1) for any number of snippets L, from the annotations in seconds.
+"""G-TAD's training targets (Xu et al., CVPR 2020) for any number of snippets L, from the annotations in seconds.
 
 Snippet j covers [j/L, (j+1)/L] of the features' time span in normalized time; a ground-truth segment [s, e] seconds
 is normalized by that span and clipped to [0, 1]. The span is the meta's ``feature_duration`` (s) when present
