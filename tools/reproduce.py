@@ -6,7 +6,8 @@
 A cell is one row config (``lofi/configs/study/<preset>/<row>.yaml``, or ``--configs DIR``) at one seed, run with
 ``python -m lofi.train --config ROW seed=S work_dir=... name=ROW --resume auto``; its result is written atomically to
 ``<out>/<row>-seed<S>.json`` (default out: docs/results/<preset>) with the resolved config it ran with. A cell whose
-JSON holds the config its row gives now is skipped; any other cell runs: lofi.train continues its stages where
+JSON holds the recipe its row gives now (the stage table's ``recipe``: the config less where and how it ran) is
+skipped; any other cell runs: lofi.train continues its stages where
 they stopped, and when it refuses the checkpoints (written under another config: exit status 2) the cell runs
 again afresh with ``--overwrite``. Rows that start with ACP share one ACP run per seed and encoder (lofi.study).
 One process runs a study at a time (a lock in its work directory). Then ``python tools/report_study.py`` writes
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from lofi.atomic import write_json  # noqa: E402
 from lofi.config import config_changes  # noqa: E402
+from lofi.stages.table import recipe  # noqa: E402
 from lofi.study import (PRESETS, ROWS, STUDY_DIR, Cell, Preset, cell_path, encoder_change,  # noqa: E402
                         label, read_cell, row_configs, select_rows)
 
@@ -159,8 +161,8 @@ def timelines(run_dir: Path, gt: Dict[str, dict], videos: int = 3, top: int = 5)
 
 def run_study(preset: str, cells: Sequence[Cell], out: Path, say: Callable[[str], None] = print,
               max_minutes: Optional[float] = None) -> List[Path]:
-    """Runs every cell whose JSON in ``out`` is missing or records another config than its row gives now, in order;
-    returns the files written. A failing cell is reported and the study goes on. With ``max_minutes``, no cell
+    """Runs every cell whose JSON in ``out`` is missing or records another recipe (the config less the keys its
+    result does not depend on, by the stage table) than its row gives now, in order; returns the files written. A failing cell is reported and the study goes on. With ``max_minutes``, no cell
     starts when the time used plus the longest cell so far would pass it. Cells recorded by an earlier runner (a
     ``recipe``, no ``config``) are kept."""
     written: List[Path] = []
@@ -169,11 +171,13 @@ def run_study(preset: str, cells: Sequence[Cell], out: Path, say: Callable[[str]
     for cell in cells:
         path = cell_path(out, cell.row, cell.seed)
         old, current = read_cell(path), cell.resolved()
-        if old is not None and old.get("config", current) == current:
+        # what the result depends on, by the stage table: not where or how the cell ran and logged
+        was, now = (recipe(tree, current["stages"]) for tree in ((old or {}).get("config", current), current))
+        if old is not None and was == now:
             say(f"[skip] {path} is current" + ("" if "config" in old else " (recorded before cells held their config)"))
             continue
         if old is not None:
-            say(f"[changed] {path}: {'; '.join(config_changes(old['config'], current))}")
+            say(f"[changed] {path}: {'; '.join(config_changes(was, now))}")
         if max_minutes is not None and time.perf_counter() - start + longest > 60 * max_minutes:
             say(f"[stop] the next cell might not finish within --max-minutes {max_minutes:g}; run again to go on")
             break
