@@ -161,13 +161,22 @@ class HeadStageConfig:
 
 @dataclass
 class PostprocessConfig:
-    """``candidates``: which proposals the boundary filter keeps (lofi.postprocess): ``opentad`` reads the end
-    probability at the last included snippet and keeps proposals ending at the video's end; ``gtad`` reads it one
-    snippet later, as G-TAD's inference, and never produces a proposal ending at the video's end."""
+    """``candidates``: which proposals the boundary filter of the map heads (G-TAD, BMN) keeps
+    (lofi.models.proposal_map): ``opentad`` reads the end probability at the last included snippet and keeps
+    proposals ending at the video's end; ``gtad`` reads it one snippet later, as G-TAD's inference, and never
+    produces a proposal ending at the video's end. ``nms``: the soft-NMS rule (lofi.ops.soft_nms), ``gaussian``
+    (G-TAD: every overlap decays by exp(−IoU²/sigma)) or ``bmn`` (BMN: only an IoU above nms_low + (nms_high −
+    nms_low) · the picked proposal's width in normalized time decays). ``voting_iou`` > 0: score voting at that IoU
+    (0: off). ``min_duration_s``: detections shorter than this (seconds) are dropped."""
     candidates: Literal["opentad", "gtad"] = "opentad"
+    nms: Literal["gaussian", "bmn"] = "gaussian"
     sigma: float = 0.8
+    nms_low: float = 0.5
+    nms_high: float = 0.9
+    voting_iou: float = 0.0
     top_k: int = 100
     top_classes: int = 2
+    min_duration_s: float = 0.0
     classifier_file: Optional[str] = None
 
 
@@ -554,6 +563,9 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     if not (sigma > 0 and math.isfinite(1 / sigma)):
         errors.append(f"postprocess.sigma: the soft-NMS width must be > 0 with a finite reciprocal, got {sigma}")
     _positive(errors, "postprocess.top_k", cfg.postprocess.top_k)
+    for name in ("nms_low", "nms_high", "voting_iou"):
+        _fraction(errors, f"postprocess.{name}", getattr(cfg.postprocess, name), True, True, "an IoU")
+    _positive(errors, "postprocess.min_duration_s", cfg.postprocess.min_duration_s, allow_zero=True)
     _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)

@@ -17,20 +17,7 @@ from torch import nn
 
 from lofi import ops
 from .gcnext import GCNeXt, knn_context
-
-
-def proposal_cells(L: int, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Valid map cells as (d, s) index tensors of length L(L+1)/2, ordered by d then s."""
-    s, e = torch.triu_indices(L, L, device=device)  # every s ≤ e: the proposal covers snippets s..e
-    d = e - s
-    order = torch.argsort(d * L + s)
-    return d[order], s[order]
-
-
-def valid_mask(L: int, device=None) -> torch.Tensor:
-    """bool (L, L) indexed [d, s]: True where s + d ≤ L − 1."""
-    idx = torch.arange(L, device=device)
-    return (idx.view(L, 1) + idx.view(1, L)) <= L - 1
+from .proposal_map import proposal_cells, valid_mask
 
 
 def anchor_windows(L: int, expand_ratio: float = 0.5, device=None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from .gtad import valid_mask
+from .proposal_map import valid_mask
 
 EPS = 1e-6
 # The counts of G-TAD's loss statistics (int64); "kept" (the sampled regression cells) depends on the others.

@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import torch
 
-from .gtad import valid_mask
+from .proposal_map import valid_mask
 
 
 def normalized_segments(meta: dict) -> torch.Tensor:
