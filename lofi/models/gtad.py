@@ -17,6 +17,7 @@ from torch import nn
 
 from lofi import ops
 from .gcnext import GCNeXt, knn_context
+from .map_head import ProposalMapHead
 from .proposal_map import proposal_cells, valid_mask
 
 
@@ -34,7 +35,7 @@ def anchor_rois(windows: torch.Tensor, B: int) -> torch.Tensor:
     return torch.cat([b.unsqueeze(1), windows.repeat(B, 1)], 1)
 
 
-class GTAD(nn.Module):
+class GTAD(ProposalMapHead):
     """G-TAD: conv-in (k3, groups 4) → GCNeXt; start/end branches (GCNeXt → 1×1 → sigmoid); GCNeXt → SGAlign →
     1×1 stack (C·36→h3→h2→h2→h2→2) → sigmoid.
 
