@@ -67,7 +67,7 @@ def windows(num_frames: int, fps: float, window_s: Optional[float]) -> List[Tupl
 
 
 class Detector:
-    """A head-stage ``model.pt`` (encoder + G-TAD + video classifier) ready for raw videos."""
+    """A head-stage ``model.pt`` (encoder + localization head + video classifier) ready for raw videos."""
 
     def __init__(self, checkpoint: str, device: str = "cpu"):
         self.device = torch.device(device)
@@ -106,10 +106,9 @@ class Detector:
         pp = self.cfg.postprocess
         merged: Dict[str, List[Tuple[float, float, float]]] = {}
         for start, end, feats, _ in parts:
-            pred = self.head.gtad(feats)
+            pred = self.head.localizer(feats)
             meta = [{"id": "window", "duration": (end - start) / fps}]
-            res = detect(pred, meta, class_scores=probs, classes=self.classes, sigma=pp.sigma, top_k=pp.top_k,
-                         top_classes=pp.top_classes, candidates=pp.candidates)
+            res = detect(self.head.localizer, pred, meta, pp, class_scores=probs, classes=self.classes)
             for d in res["detections"]["window"]:
                 s, e = d["segment"]
                 merged.setdefault(d["label"], []).append((s + start / fps, e + start / fps, d["score"]))
@@ -118,7 +117,9 @@ class Detector:
             segs = torch.tensor([[r[0], r[1]] for r in rows], dtype=torch.float64)
             scores = torch.tensor([r[2] for r in rows], dtype=torch.float64)
             if len(parts) > 1:
-                keep, scores = soft_nms(segs, scores, sigma=pp.sigma, top_k=pp.top_k)
+                # the head's soft-NMS rule, on normalized time (BMN's threshold reads the pick's width in it)
+                keep, scores = soft_nms(segs / duration, scores, sigma=pp.sigma, top_k=pp.top_k, method=pp.nms,
+                                        iou_threshold=pp.nms_low, high_threshold=pp.nms_high)
                 segs = segs[keep]
             detections += [{"label": label, "score": float(sc), "segment": [float(a), float(b)]}
                            for (a, b), sc in zip(segs.tolist(), scores.tolist())]

@@ -1,14 +1,9 @@
-"""Post-processing (G-TAD's, with OpenTAD's end-of-video correction by default): G-TAD outputs → proposals → detections.
+"""Post-processing: a localization head's outputs → ActivityNet-format detections.
 
-1. Boundary filter per video: a snippet is a start (end) candidate if it is a strict local peak of the start (end)
-   probability or above 0.5·max; snippet 0 is always a start, snippet L−1 always an end.
-2. Every valid map cell (d, s) with start candidate s is a proposal [s, s+d+1] snippets, score = cls × reg, when its
-   end passes the candidate rule (``CANDIDATE_RULES``): ``opentad`` reads the end candidate at s+d (the last included
-   snippet) and keeps proposals ending at the video's end; ``gtad`` (G-TAD's inference) reads it at s+d+1 and keeps
-   only proposals with s+d+1 < L, so none ends at the video's end.
-3. Gaussian soft-NMS over the whole batch (``lofi.ops.batched_soft_nms``), top-k per video.
-4. Seconds = snippets / L · duration, clipped to [0, duration].
-5. Video-level classification fusion: each of the top-2 classes × each proposal (score product) → ≤ 2·top_k
+1. The head's class-agnostic proposals (``TALHead.proposals``: its candidates, soft-NMS by the ``postprocess``
+   section, top-k per video), in normalized time.
+2. Seconds = normalized time · duration, clipped to [0, duration]; proposals shorter than ``min_duration_s`` dropped.
+3. Video-level classification fusion: each of the top-2 classes × each proposal (score product) → ≤ 2·top_k
    detections per video. Class scores come from an external CUHK-format file (the video-level scores G-TAD uses)
    or from the caller's (B, K) probabilities, e.g. ``lofi.models.VideoClassifier`` softmax outputs.
 """
@@ -18,18 +13,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
-
-from lofi import ops
-from lofi.models.gtad import proposal_cells
-
-CANDIDATE_RULES = ("opentad", "gtad")
-
-
-def boundary_candidates(prob: torch.Tensor) -> torch.Tensor:
-    """prob (B, L) → bool (B, L): strict local peak (outside neighbours count as −∞) or > 0.5·max of the video."""
-    pad = torch.nn.functional.pad(prob, (1, 1), value=float("-inf"))
-    peak = (prob > pad[:, :-2]) & (prob > pad[:, 2:])
-    return peak | (prob > 0.5 * prob.amax(1, keepdim=True))
 
 
 def load_cuhk(path) -> Dict[str, object]:
@@ -50,33 +33,6 @@ def load_cuhk(path) -> Dict[str, object]:
     return {"classes": classes, "scores": scores, "source": str(path)}
 
 
-def batch_proposals(start: torch.Tensor, end: torch.Tensor, maps: torch.Tensor, sigma: float = 0.8,
-                    top_k: int = 100, candidates: str = "opentad"):
-    """G-TAD outputs → (segments (B, top_k, 2) in snippets, scores (B, top_k), counts (B,)) after soft-NMS;
-    rows beyond ``counts[b]`` are padding. ``candidates``: the end rule, one of ``CANDIDATE_RULES``."""
-    if candidates not in CANDIDATE_RULES:
-        raise ValueError(f"postprocess.candidates: expected one of {CANDIDATE_RULES}, got {candidates!r}")
-    B, L = start.shape
-    d, s = proposal_cells(L, start.device)
-    e = s + d + (1 if candidates == "gtad" else 0)  # the snippet whose end probability is read
-    inside = e < L
-    start_ok, end_ok = boundary_candidates(start), boundary_candidates(end)
-    start_ok[:, 0] = True
-    end_ok[:, L - 1] = True
-    keep = start_ok[:, s] & end_ok[:, e.clamp(max=L - 1)] & inside
-    flat = maps.flatten(2)[:, :, d * L + s].float()  # (B, 2, N)
-    score = flat[:, 1] * flat[:, 0]
-    segs = torch.stack([s, s + d + 1], 1).to(score.dtype)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    num_valid = keep.sum(1)
-    cand_scores = score.gather(1, order)
-    cand_segs = segs[order]  # (B, N, 2)
-    idx, nms_scores = ops.batched_soft_nms(cand_segs, cand_scores, num_valid, sigma=sigma, top_k=top_k)
-    counts = (idx >= 0).sum(1)
-    out = cand_segs.gather(1, idx.clamp(min=0).unsqueeze(-1).expand(-1, -1, 2))
-    return out, nms_scores, counts
-
-
 def _class_scores(class_scores, classes, meta):
     """→ (per-video score tensors (K,), class names, classifier description)."""
     if isinstance(class_scores, (str, os.PathLike)):
@@ -93,28 +49,28 @@ def _class_scores(class_scores, classes, meta):
     return list(class_scores.detach().double().cpu()), list(classes), "VideoClassifier (project's linear video head)"
 
 
-def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
+def detect(head, pred: Dict[str, torch.Tensor], meta: List[dict], pp, *,
            class_scores: Union[torch.Tensor, str, os.PathLike, dict, None] = None,
-           classes: Optional[Sequence[str]] = None, sigma: float = 0.8, top_k: int = 100, top_classes: int = 2,
-           candidates: str = "opentad") -> dict:
-    """GTAD output for a batch + the reader's meta (``id``, ``duration`` s) → ActivityNet-format results.
-    Videos marked ``pad`` (the reader's padding duplicates) are left out.
+           classes: Optional[Sequence[str]] = None) -> dict:
+    """A batch's outputs of ``head`` (a ``lofi.models.tal_head.TALHead``) + the reader's meta (``id``, ``duration``
+    s) → ActivityNet-format results, by the ``postprocess`` config section ``pp``. Videos marked ``pad`` (the
+    reader's padding duplicates) are left out.
 
     ``class_scores``: (B, K) probabilities with ``classes`` (K names), a CUHK-format file path, or ``load_cuhk``'s
-    output; None gives proposals only. ``candidates``: the end rule of step 2 (``CANDIDATE_RULES``). Returns {"detections": {vid: [{label, score, segment}]} (≤ top_classes·top_k per
-    video), "proposals": {vid: [{score, segment}]} (class-agnostic, for AR@AN), "classifier": description or None}.
+    output; None gives proposals only. Returns {"detections": {vid: [{label, score, segment}]} (≤ top_classes·top_k
+    per video), "proposals": {vid: [{score, segment}]} (class-agnostic, for AR@AN), "classifier": description or
+    None}.
     """
-    segs, scores, counts = batch_proposals(pred["start"], pred["end"], pred["maps"], sigma=sigma, top_k=top_k,
-                                           candidates=candidates)
-    L = pred["start"].shape[1]
+    segs, scores, counts = head.proposals(pred, pp)
     proposals = {}
     for b, m in enumerate(meta):
         if m.get("pad"):  # the reader's padding duplicate of a video already in the evaluation
             continue
         duration = float(m["duration"])
-        seconds = (segs[b, :counts[b]].double() / L * duration).clamp(0.0, duration).cpu().tolist()
-        proposals[m["id"]] = [{"score": float(sc), "segment": seg}
-                              for sc, seg in zip(scores[b, :counts[b]].cpu().tolist(), seconds)]
+        seconds = (segs[b, :counts[b]] * duration).clamp(0.0, duration)
+        keep = seconds[:, 1] - seconds[:, 0] >= pp.min_duration_s
+        proposals[m["id"]] = [{"score": float(sc), "segment": seg} for sc, seg, k in
+                              zip(scores[b, :counts[b]].cpu().tolist(), seconds.cpu().tolist(), keep.tolist()) if k]
     if class_scores is None:
         return {"detections": {}, "proposals": proposals, "classifier": None}
     per_video, names, source = _class_scores(class_scores, classes, meta)
@@ -122,7 +78,7 @@ def detect(pred: Dict[str, torch.Tensor], meta: List[dict], *,
     for m, cls in zip(meta, per_video):
         if m.get("pad"):
             continue
-        top = torch.topk(cls, min(top_classes, cls.numel()))
+        top = torch.topk(cls, min(pp.top_classes, cls.numel()))
         detections[m["id"]] = [{"label": names[c], "score": p["score"] * float(cs), "segment": p["segment"]}
                                for p in proposals[m["id"]] for cs, c in zip(top.values.tolist(), top.indices.tolist())]
     return {"detections": detections, "proposals": proposals, "classifier": source}

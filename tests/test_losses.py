@@ -161,13 +161,14 @@ def test_draws_follow_the_global_position_not_the_process():
     # draws for the whole global batch (generator shared by all processes), whichever rank holds it.
     from lofi.engine.distributed import DistInfo
     from lofi.engine.global_loss import GlobalBatchLoss
+    from lofi.models.map_head import ProposalMapHead
     L, B, world, accum = 8, 2, 2, 3
     metas = random_metas(B * world * accum, 4)
     everything = torch.rand(B * world * accum, L, L, generator=torch.Generator().manual_seed(9))
     for rank in range(world):
         batches = [{"meta": metas[(k * world + rank) * B:(k * world + rank + 1) * B]} for k in range(accum)]
-        GlobalBatchLoss(DistInfo(rank, world), accum, lambda b: L).prepare(batches, torch.Generator().manual_seed(9))
+        GlobalBatchLoss(DistInfo(rank, world), accum, lambda b: L, ProposalMapHead()).prepare(batches, torch.Generator().manual_seed(9))
         for k, batch in enumerate(batches):
             first = (k * world + rank) * B
-            assert torch.equal(batch["gtad_loss"]["draws"], everything[first:first + B])
-            assert batch["gtad_loss"]["share"] == world * accum
+            assert torch.equal(batch["tal_loss"]["draws"], everything[first:first + B])
+            assert batch["tal_loss"]["share"] == world * accum

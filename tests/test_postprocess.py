@@ -1,15 +1,25 @@
-"""Post-processing: boundary filter, batched soft-NMS, seconds, class fusion, and the targets → maps → segments round trip."""
+"""Post-processing: the proposal map's boundary filter and candidates, batched soft-NMS, seconds, class fusion, and
+the targets → maps → segments round trip."""
 import json
 import math
 
 import pytest
 import torch
 
-from lofi.models import build_targets
 from lofi.atomic import write_json
-from lofi.postprocess import boundary_candidates, detect, load_cuhk, result_json
+from lofi.config import PostprocessConfig
+from lofi.models import build_targets
+from lofi.models.map_head import ProposalMapHead
+from lofi.models.proposal_map import boundary_candidates
+from lofi.postprocess import detect as detect_with, load_cuhk, result_json
 
 CLASSES = ["jump", "run", "swim", "throw"]
+MAP_HEAD = ProposalMapHead()
+
+
+def detect(pred, meta, class_scores=None, classes=None, **pp):
+    """The post-processing of a map head's outputs under a postprocess section with ``pp``'s keys."""
+    return detect_with(MAP_HEAD, pred, meta, PostprocessConfig(**pp), class_scores=class_scores, classes=classes)
 
 
 def iou(a, b):
@@ -137,6 +147,14 @@ def test_padding_duplicates_are_left_out():
     out = detect(pred, meta, class_scores=torch.rand(3, 4), classes=CLASSES, top_k=5)
     assert set(out["proposals"]) == set(out["detections"]) == {"vidA", "vidB"}
     assert out["proposals"]["vidA"][0]["score"] > 0.8
+
+
+def test_min_duration_drops_short_proposals():
+    everything = detect(perfect_pred(META, 25), META, top_k=100)["proposals"]
+    long = detect(perfect_pred(META, 25), META, top_k=100, min_duration_s=12.0)["proposals"]
+    for vid, props in everything.items():
+        assert long[vid] == [p for p in props if p["segment"][1] - p["segment"][0] >= 12.0]
+    assert 0 < len(long["vidB"]) < len(everything["vidB"])  # vidB: one proposal of 11.99 s
 
 
 def test_perfect_maps_and_classes_give_full_map_at_low_tiou():

@@ -23,11 +23,12 @@ from lofi.engine.global_loss import GlobalBatchLoss  # noqa: E402
 from lofi.engine.logger import RunLogger  # noqa: E402
 from lofi.engine.loop import Trainer  # noqa: E402
 from lofi.models import build_targets, gtad_loss, valid_mask  # noqa: E402
+from lofi.models.map_head import ProposalMapHead  # noqa: E402
 
 VIDEOS, C, L = 16, 5, 8
 
 
-class TinyGTAD(torch.nn.Module):
+class TinyGTAD(ProposalMapHead):
     """(B, C, L) → G-TAD outputs: start/end (B, L) and maps (B, 2, L, L) [d, s] from one 1-D convolution."""
 
     def __init__(self):
@@ -71,7 +72,7 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     grads = []
     opt.register_step_pre_hook(lambda *_: grads.append({n: q.grad.clone() for n, q in model.named_parameters()}))
-    global_loss = GlobalBatchLoss(info, args.accum, lambda batch: batch["features"].shape[-1])
+    global_loss = GlobalBatchLoss(info, args.accum, lambda batch: batch["features"].shape[-1], model)
 
     def step_fn(batch, gen):
         pred = ddp(batch["features"])

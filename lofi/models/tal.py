@@ -12,6 +12,7 @@ from lofi.engine.checkpoint import load
 
 from .classifiers import VideoClassifier
 from .registry import head_from_config
+from .tal_head import TALHead
 
 
 class EndToEnd(torch.nn.Module):
@@ -27,15 +28,22 @@ class EndToEnd(torch.nn.Module):
 
 class HeadModel(torch.nn.Module):
     """Localization head + VideoClassifier on snippet features (B, C, L) → (head outputs, class logits (B, K)).
-    The head is the attribute ``gtad``, the prefix of its keys in model.pt files."""
+    The head is the attribute ``localizer``, the prefix of its keys in model.pt files (``gtad`` in files written
+    before heads were a choice: such keys load too)."""
 
-    def __init__(self, head: torch.nn.Module, in_dim: int, num_classes: int):
+    def __init__(self, head: TALHead, in_dim: int, num_classes: int):
         super().__init__()
-        self.gtad = head
+        self.localizer = head
         self.classifier = VideoClassifier(in_dim, num_classes)
+        self._register_load_state_dict_pre_hook(self._legacy_prefix)
+
+    @staticmethod
+    def _legacy_prefix(state_dict, prefix, *_):
+        for key in [k for k in state_dict if k.startswith(prefix + "gtad.")]:
+            state_dict[prefix + "localizer." + key[len(prefix) + 5:]] = state_dict.pop(key)
 
     def forward(self, features: torch.Tensor):
-        return self.gtad(features), self.classifier(features)
+        return self.localizer(features), self.classifier(features)
 
 
 def build_head_model(model, in_dim: int, num_classes: int, name=None) -> HeadModel:

@@ -40,12 +40,12 @@ def run(ctx: Context) -> Path:
         per, accum = batch_plan(ctx, "lofi", cfg.lofi.batch_size)
     net = D.wrap_ddp(model, info, cfg.model.sync_bn)
     optimizer, scheduler = make_optimizer(model.parameters(), cfg.lofi.optim)
-    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["frames"].shape[1])
+    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["frames"].shape[1], model.head)
 
     def step(batch, generator):
         pred = net(batch["frames"].to(info.device, non_blocking=True))
         losses = global_loss(pred, batch)
-        return losses["loss"], {k: float(losses[k].detach()) for k in ("tem", "reg", "cls")}
+        return losses["loss"], {k: float(losses[k].detach()) for k in model.head.loss_terms}
 
     # One optimizer step = `accum` loader batches: the schedule counts optimizer steps (mini-batches of the global batch).
     trainer = make_trainer(ctx, "lofi", modules={"model": net}, step_fn=step,

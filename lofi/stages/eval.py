@@ -1,9 +1,10 @@
 """The ``eval`` stage: validation detections in ActivityNet JSON, mAP per tIoU and average mAP (lofi.evaluation),
 AR@AN, a uniform-random-proposal baseline scored the same way, the printed table, and the run's PNG plots.
 
-The baseline replaces G-TAD's outputs by uniform random start/end probabilities and maps, then runs the same
-post-processing (boundary filter, soft-NMS, top-k) and the same video-classifier fusion, so it measures what the
-localization adds over the classifier alone.
+The baseline replaces the head's outputs by uniform random ones of the same shapes (``TALHead.random_outputs``: for
+G-TAD and BMN, start/end probabilities and maps), then runs the same post-processing (the head's candidates,
+soft-NMS, top-k) and the same video-classifier fusion, so it measures what the localization adds over the classifier
+alone.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from lofi.engine.feature_cache import Entry, FeatureLoader
 from lofi.engine.plots import plot_curves, plot_timelines
 from lofi.evaluation import evaluate_detection, evaluate_proposals
 from lofi.models.tal import load_head
+from lofi.models.tal_head import TALHead
 from lofi.postprocess import detect, result_json
 
 from .base import Context, encoder_source, make_encoder
@@ -50,20 +52,17 @@ def bundle_encoder_file(ctx: Context, bundle: Dict[str, Any], model_path: Path) 
     return path
 
 
-def random_detections(entries: Dict[str, Entry], class_scores: Dict[str, List[float]], classes: List[str],
-                      ctx: Context) -> Dict[str, list]:
-    """Detections from uniform random G-TAD outputs (seeded by eval.baseline_seed) with the model's class scores."""
-    pp = ctx.cfg.postprocess
+def random_detections(head: TALHead, entries: Dict[str, Entry], class_scores: Dict[str, List[float]],
+                      classes: List[str], ctx: Context) -> Dict[str, list]:
+    """Detections from ``head``'s uniform random outputs (seeded by eval.baseline_seed) with the model's class
+    scores."""
     g = torch.Generator().manual_seed(ctx.cfg.eval.baseline_seed)
     out: Dict[str, list] = {}
     for batch in FeatureLoader(entries, 16, False):
         meta = [m for m in batch["meta"] if not m["pad"]]
-        B, L = len(meta), batch["features"].shape[-1]
-        pred = {"start": torch.rand(B, L, generator=g), "end": torch.rand(B, L, generator=g),
-                "maps": torch.rand(B, 2, L, L, generator=g)}
+        pred = head.random_outputs(len(meta), batch["features"].shape[-1], g)
         scores = torch.tensor([class_scores[m["id"]] for m in meta])
-        out.update(detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
-                          top_classes=pp.top_classes, candidates=pp.candidates)["detections"])
+        out.update(detect(head, pred, meta, ctx.cfg.postprocess, class_scores=scores, classes=classes)["detections"])
     return out
 
 
@@ -92,9 +91,9 @@ def run(ctx: Context, model_path: Optional[Path] = None) -> Optional[Dict[str, A
     ev = evaluate_detection(gt, {"results": result["detections"]}, subset="validation", tiou_thresholds=cfg.eval.tiou,
                              ignore_unknown_labels=True)
     prop = evaluate_proposals(gt, {"results": result["proposals"]}, subset="validation")
-    base = evaluate_detection(gt, {"results": random_detections(val, result["class_scores"], bundle["classes"], ctx)},
-                              subset="validation", tiou_thresholds=cfg.eval.tiou,
-                             ignore_unknown_labels=True)
+    random = random_detections(model.localizer, val, result["class_scores"], bundle["classes"], ctx)
+    base = evaluate_detection(gt, {"results": random}, subset="validation", tiou_thresholds=cfg.eval.tiou,
+                              ignore_unknown_labels=True)
     rows = {"LoFi (this run)": ev, "uniform random proposals": base}
     metrics = {"average_mAP": float(ev["average_mAP"]), "mAP": [float(v) for v in ev["mAP"]],
                "tiou_thresholds": list(cfg.eval.tiou), "classifier": result["classifier"],

@@ -15,7 +15,6 @@ from lofi.engine import distributed as D
 from lofi.engine.feature_cache import Entry, FeatureCache, FeatureLoader, load_external
 from lofi.evaluation import evaluate_detection
 from lofi.hashing import sha256_file
-from lofi.models import build_targets, gtad_loss
 from lofi.models.tal import HeadModel
 from lofi.postprocess import detect, load_cuhk
 
@@ -101,14 +100,13 @@ def predict(model: HeadModel, entries: Dict[str, Entry], ctx: Context, classes: 
             pred, logits = model(feats)
             probs = logits.softmax(1)
             scores = external or probs
-            res = detect(pred, meta, class_scores=scores, classes=classes, sigma=pp.sigma, top_k=pp.top_k,
-                         top_classes=pp.top_classes, candidates=pp.candidates)
+            res = detect(model.localizer, pred, meta, pp, class_scores=scores, classes=classes)
             out["detections"].update(res["detections"])
             out["proposals"].update(res["proposals"])
             out["classifier"] = res["classifier"]
             out["class_scores"].update({m["id"]: p.tolist() for m, p in zip(meta, probs.cpu())})
             if all(m.get("annotations") is not None for m in meta):
-                loss = gtad_loss(pred, build_targets(meta, pred["start"].shape[1]), generator=generator)["loss"]
+                loss = model.localizer.batch_loss(pred, meta, feats.shape[-1], generator)["loss"]
                 out["loss"].append(float(loss) * len(meta))
     parts = D.gather_to_main(out)
     if parts is None:

@@ -1,5 +1,5 @@
-"""The ``head`` stage: a fresh localization head + video classifier on frozen full-fidelity features (G-TAD's
-recipe), trained at one lr or each of ``head.lr_search``; the epoch (and lr) picked by ``head.select``. Writes the
+"""The ``head`` stage: a fresh localization head (``model.head``) + video classifier on frozen full-fidelity features
+(G-TAD's recipe), trained at one lr or each of ``head.lr_search``; the epoch (and lr) picked by ``head.select``. Writes the
 run's ``model.pt`` (encoder, head, classes, config)."""
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def lr_context(ctx: Context, directory: Path, lr: float) -> Context:
 
 
 def run(ctx: Context) -> Path:
-    """Fresh G-TAD + video classifier on frozen full-fidelity features; the epoch (and lr) by ``head.select``:
+    """Fresh localization head + video classifier on frozen full-fidelity features; the epoch (and lr) by ``head.select``:
     the lowest validation loss (G-TAD's criterion) or the highest validation average mAP; both picks are reported."""
     cfg, info = ctx.cfg, ctx.info
     encoder_path = frozen_encoder_file(ctx)
@@ -91,7 +91,6 @@ def run(ctx: Context) -> Path:
     in_dim = next(iter(train.values()))[0].shape[0]
     per, accum = batch_plan(ctx, "head", cfg.head.batch_size)
     metric, lower = SELECT[cfg.head.select]
-    global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1])
     runs, dirs = [], {}
     # The features' encoder belongs to the recipe: --resume auto never continues a head trained on another one.
     saved_config = dict(to_dict(cfg), head_encoder_sha256=sha256_file(encoder_path))
@@ -101,8 +100,9 @@ def run(ctx: Context) -> Path:
         model = build_head_model(cfg.model, in_dim, len(classes)).to(info.device)
         net = D.wrap_ddp(model, info)
         optimizer, scheduler = make_optimizer(model.parameters(), cfg.head.optim, lr)
+        global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1], model.localizer)
 
-        def step(batch, generator, net=net):
+        def step(batch, generator, net=net, global_loss=global_loss):
             pred, logits = net(batch["features"].to(info.device, non_blocking=True))
             tal = global_loss(pred, batch)
             target = video_label_targets(batch["meta"], len(classes)).to(info.device)
