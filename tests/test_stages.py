@@ -143,10 +143,15 @@ def test_registries_build_what_the_config_names():
     model = build_head_model(cfg.model, 16, 3)
     torch.manual_seed(0)
     gtad, classifier = GTAD(16, fused=False), VideoClassifier(16, 3)
-    expected = {**{f"gtad.{k}": v for k, v in gtad.state_dict().items()},
+    expected = {**{f"localizer.{k}": v for k, v in gtad.state_dict().items()},
                 **{f"classifier.{k}": v for k, v in classifier.state_dict().items()}}
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items()) and len(expected) == len(
         model.state_dict())
+    # model.pt files written before heads were a choice hold the head under "gtad.": they load into the localizer
+    legacy = {k.replace("localizer.", "gtad.", 1): torch.full_like(v, 0.5) if v.is_floating_point() else v
+              for k, v in expected.items()}
+    model.load_state_dict(legacy)
+    assert all(torch.equal(v, legacy[k.replace("localizer.", "gtad.", 1)]) for k, v in model.state_dict().items())
 
 
 def test_make_trainer_takes_the_run_settings_from_the_config(tmp_path):
