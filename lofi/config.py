@@ -57,13 +57,16 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and step lr schedule: lr × gamma every step_size epochs."""
-    name: Literal["sgd", "adam"] = "sgd"
+    """Optimizer and step lr schedule: lr × gamma every step_size epochs. ``adamw``: decoupled weight decay
+    (ActionFormer's); ``sgd`` and ``adam`` add it to the gradient (L2, as G-TAD). ``max_grad_norm`` > 0: the global
+    gradient L2 norm is clipped to it before each optimizer step (0: off)."""
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 1e-4
     step_size: int = 5
     gamma: float = 0.5
+    max_grad_norm: float = 0.0
 
 
 @dataclass
@@ -477,6 +480,7 @@ def _check_optim(errors: List[str], key: str, opt: OptimConfig) -> None:
     _fraction(errors, f"{key}.momentum", opt.momentum, True, False, "the momentum")
     _positive(errors, f"{key}.step_size", opt.step_size)
     _fraction(errors, f"{key}.gamma", opt.gamma, False, True, "the lr decay factor")
+    _positive(errors, f"{key}.max_grad_norm", opt.max_grad_norm, allow_zero=True)
 
 
 def _check_batch(errors: List[str], key: str, batch: BatchSize, world_size: int) -> None:

@@ -169,6 +169,24 @@ def test_make_trainer_takes_the_run_settings_from_the_config(tmp_path):
     assert trainer.config == to_dict(cfg)
 
 
+def test_max_grad_norm_clips_the_step(tmp_path):
+    from lofi.stages.base import Context, make_optimizer, make_trainer
+    cfg = load_config(None, [f"work_dir={tmp_path}", "acp_plus.optim.name=sgd", "acp_plus.optim.lr=1.0",
+                             "acp_plus.optim.momentum=0", "acp_plus.optim.weight_decay=0",
+                             "acp_plus.optim.max_grad_norm=0.5", *OFFLINE], check_paths=False)
+    net = torch.nn.Linear(3, 1, bias=False)
+    before = net.weight.detach().clone()
+    optimizer, scheduler = make_optimizer(net.parameters(), cfg.acp_plus.optim)
+    log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
+    trainer = make_trainer(Context(cfg, DistInfo(), log), "acp+", modules={"model": net},
+                           step_fn=lambda batch, gen: (100.0 * net.weight.sum(), {}), loader_fn=None,
+                           optimizer=optimizer, scheduler=scheduler, epochs=1, accum_steps=1)
+    trainer._step(iter([{"meta": [{}]}]), 0, 0)
+    log.close()
+    # the gradient (100, 100, 100) has norm 173; clipped to 0.5, one SGD step of lr 1 moves the weights by 0.5
+    assert float((net.weight - before).norm()) == pytest.approx(0.5, rel=1e-6)
+
+
 def test_configs_saved_by_earlier_versions_still_load():
     tree = to_dict(load_config(None, OFFLINE, check_paths=False))
     tree["data"]["synthetic"]["fps"] = tree["data"]["synthetic"].pop("pack_fps") + 5

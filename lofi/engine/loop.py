@@ -114,7 +114,8 @@ class Trainer:
     ``minimize``) picks ``best.pt``, the first epoch that reaches it. ``videos_per_batch(batch)`` counts the real
     videos of a micro-batch for videos/s. ``prepare(batches, generator)`` (optional) is called once per optimizer
     step, on every process, with this process's ``accum`` micro-batches and the step's generator before the first
-    forward, e.g. to put loss statistics over the global batch into them (``lofi.engine.global_loss``)."""
+    forward, e.g. to put loss statistics over the global batch into them (``lofi.engine.global_loss``).
+    ``max_grad_norm`` > 0 clips the gradients' global L2 norm (of the step's whole global batch) before each step."""
 
     def __init__(self, *, stage: str, modules: Dict[str, torch.nn.Module], step_fn: StepFn,
                  loader_fn: Callable[[int, int], Iterable], optimizer: torch.optim.Optimizer, scheduler,
@@ -123,7 +124,8 @@ class Trainer:
                  amp: bool = False, validate: Optional[Callable[[int], Dict[str, float]]] = None,
                  select: Optional[str] = None, minimize: bool = False, config: Optional[dict] = None,
                  describe: Optional[Callable[[Dict[str, Any]], str]] = None,
-                 prepare: Optional[Callable[[List[Dict[str, Any]], torch.Generator], None]] = None):
+                 prepare: Optional[Callable[[List[Dict[str, Any]], torch.Generator], None]] = None,
+                 max_grad_norm: float = 0.0):
         self.stage, self.modules, self.step_fn, self.loader_fn = stage, modules, step_fn, loader_fn
         self.optimizer, self.scheduler, self.epochs, self.info = optimizer, scheduler, epochs, info
         self.ckpt, self.log, self.seed, self.accum = checkpointer, logger, seed, accum_steps
@@ -134,7 +136,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(info.device.type, enabled=False)
         self.validate, self.select, self.minimize, self.config = validate, select, minimize, config
         self.describe = describe or (lambda batch: "")
-        self.prepare = prepare
+        self.prepare, self.max_grad_norm = prepare, max_grad_norm
         self.state = LoopState()
         self._done = False
 
@@ -197,6 +199,10 @@ class Trainer:
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             return None, videos, desc
+        if self.max_grad_norm > 0:  # after DDP's average: every process clips the same global-batch gradient
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return totals, videos, desc

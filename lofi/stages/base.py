@@ -55,12 +55,14 @@ def full_fidelity(cfg: Config) -> Fidelity:
 
 
 def make_optimizer(params, opt: OptimConfig, lr: Optional[float] = None):
-    """SGD or Adam (L2 weight decay, as G-TAD) with a StepLR stepped once per epoch."""
+    """SGD or Adam (L2 weight decay, as G-TAD) or AdamW (decoupled weight decay) with a StepLR stepped once per
+    epoch."""
     lr = opt.lr if lr is None else lr
     if opt.name == "sgd":
         optimizer = torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     else:
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay)
+        kind = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        optimizer = kind(params, lr=lr, weight_decay=opt.weight_decay)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, opt.step_size, opt.gamma)
 
 
@@ -96,7 +98,7 @@ def make_trainer(ctx: Context, stage: str, *, modules: Dict[str, torch.nn.Module
                  loader_fn: Callable, optimizer, scheduler, epochs: int, accum_steps: int,
                  directory: Optional[Path] = None, config: Optional[dict] = None, **own) -> Trainer:
     """The Trainer of ``stage`` with everything the config decides (seed, checkpoints in ``directory``, default the
-    stage's folder, logging, NaN guard, amp; ``config``, default the run's, saved in its checkpoints); the stage
+    stage's folder, logging, NaN guard, amp, the stage's gradient clipping; ``config``, default the run's, saved in its checkpoints); the stage
     passes its own pieces, and ``own`` the optional ``validate``/``select``/``minimize``/``prepare``/``describe``."""
     cfg, info = ctx.cfg, ctx.info
     return Trainer(stage=stage, modules=modules, step_fn=step_fn, loader_fn=loader_fn, optimizer=optimizer,
@@ -104,6 +106,7 @@ def make_trainer(ctx: Context, stage: str, *, modules: Dict[str, torch.nn.Module
                    checkpointer=Checkpointer(directory or ctx.stage_dir(stage), cfg.checkpoint.keep, info.is_main),
                    logger=ctx.log, seed=cfg.seed, accum_steps=accum_steps, max_bad_steps=cfg.max_bad_steps,
                    every_iters=cfg.checkpoint.every_iters, log_every=cfg.log.every_iters, amp=cfg.model.amp,
+                   max_grad_norm=getattr(cfg, stage_key(stage)).optim.max_grad_norm,
                    config=to_dict(cfg) if config is None else config, **own)
 
 
