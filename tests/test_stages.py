@@ -135,12 +135,12 @@ def test_registries_build_what_the_config_names():
     from lofi.models.tal import build_head_model
     cfg = load_config(None, ["model.encoder=tsm_r34", "model.gtad_fused=false", *OFFLINE], check_paths=False)
     assert type(encoder_from_config(cfg.model)).__name__ == "TSMEncoder" and ENCODERS["tsm_r34"].section == "model"
-    assert type(head_from_config(cfg.model, 16)) is GTAD and not head_from_config(cfg.model, 16).fused
+    assert type(head_from_config(cfg, 16)) is GTAD and not head_from_config(cfg, 16).fused
     with pytest.raises(ValueError, match=r"unknown encoder 'x'; choose from \['tsm_r18', "):
         build_encoder("x")
     # the head first, then the classifier: a seeded HeadModel draws what the G-TAD + classifier pair always drew
     torch.manual_seed(0)
-    model = build_head_model(cfg.model, 16, 3)
+    model = build_head_model(cfg, 16, 3)
     torch.manual_seed(0)
     gtad, classifier = GTAD(16, fused=False), VideoClassifier(16, 3)
     expected = {**{f"localizer.{k}": v for k, v in gtad.state_dict().items()},

@@ -26,7 +26,7 @@ ENCODERS: Dict[str, Registered] = {
     **{name: Registered(partial(TSMEncoder, name), "model") for name in TSM_DEPTHS},
     "r2plus1d_18": Registered(R2Plus1DEncoder, "model"),
 }
-# builder(in_dim, model config section) → head: features (B, C, L) → {start, end (B, L), maps (B, 2, L, L)}
+# builder(in_dim, its config section) → a TALHead (lofi.models.tal_head): features (B, C, L) → outputs
 HEADS: Dict[str, Registered] = {
     "gtad": Registered(lambda in_dim, model: GTAD(in_dim, fused=model.gtad_fused), "model"),
 }
@@ -59,7 +59,8 @@ def encoder_from_config(model, weights: Optional[str] = None, name: Optional[str
                          channels_last=model.channels_last, checkpoint_chunks=model.checkpoint_chunks, amp=model.amp)
 
 
-def head_from_config(model, in_dim: int, name: Optional[str] = None) -> nn.Module:
-    """The head ``model.head`` (or ``name``) names on ``in_dim``-channel snippet features, from the ``model``
-    section."""
-    return _lookup(HEADS, "head", name or model.head).build(in_dim, model)
+def head_from_config(cfg, in_dim: int, name: Optional[str] = None) -> nn.Module:
+    """The head ``cfg.model.head`` (or ``name``) names on ``in_dim``-channel snippet features, built from its config
+    section of the run's Config ``cfg``."""
+    registered = _lookup(HEADS, "head", name or cfg.model.head)
+    return registered.build(in_dim, getattr(cfg, registered.section))

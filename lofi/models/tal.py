@@ -46,17 +46,17 @@ class HeadModel(torch.nn.Module):
         return self.localizer(features), self.classifier(features)
 
 
-def build_head_model(model, in_dim: int, num_classes: int, name=None) -> HeadModel:
-    """A fresh HeadModel: the registered head of ``model.head`` (or ``name``), then the classifier (in that order,
-    so a seeded initialization draws the same numbers)."""
-    return HeadModel(head_from_config(model, in_dim, name), in_dim, num_classes)
+def build_head_model(cfg, in_dim: int, num_classes: int, name=None) -> HeadModel:
+    """A fresh HeadModel: the registered head of ``cfg.model.head`` (or ``name``) from its config section of the
+    Config ``cfg``, then the classifier (in that order, so a seeded initialization draws the same numbers)."""
+    return HeadModel(head_from_config(cfg, in_dim, name), in_dim, num_classes)
 
 
 def load_head(path: Path, device: torch.device) -> Tuple[HeadModel, Dict[str, Any]]:
     """The head stage's ``model.pt`` → (HeadModel in eval mode, the bundle). A bundle without ``head_name`` holds a
     G-TAD head."""
     bundle = load(path)
-    model_cfg = from_dict(bundle["config"]).model
-    model = build_head_model(model_cfg, bundle["in_dim"], len(bundle["classes"]), bundle.get("head_name", "gtad"))
+    model = build_head_model(from_dict(bundle["config"]), bundle["in_dim"], len(bundle["classes"]),
+                             bundle.get("head_name", "gtad"))
     model.load_state_dict(bundle["head"])
     return model.to(device).eval(), bundle

@@ -30,7 +30,7 @@ def run(ctx: Context) -> Path:
     init = encoder_source(ctx, "lofi")
     ctx.log.info(f"[lofi] {schedule}; encoder from {init or 'random initialization'}")
     encoder = make_encoder(cfg, init)
-    model = EndToEnd(encoder, head_from_config(cfg.model, encoder.out_dim)).to(info.device)
+    model = EndToEnd(encoder, head_from_config(cfg, encoder.out_dim)).to(info.device)
     if cfg.lofi.batch_size == "auto":
         fit = auto_micro_batch(model, schedule.fidelities(), cfg.lofi.memory_budget_gib, info.device)
         per, accum = D.split_batch(cfg.lofi.auto_global_batch, info.world_size, max_per_process=fit)

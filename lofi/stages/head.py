@@ -97,7 +97,7 @@ def run(ctx: Context) -> Path:
     for lr in cfg.head.lr_search or [cfg.head.optim.lr]:
         directory = ctx.stage_dir("head") / (f"lr{lr:g}" if cfg.head.lr_search else "")
         torch.manual_seed(cfg.seed)
-        model = build_head_model(cfg.model, in_dim, len(classes)).to(info.device)
+        model = build_head_model(cfg, in_dim, len(classes)).to(info.device)
         net = D.wrap_ddp(model, info)
         optimizer, scheduler = make_optimizer(model.parameters(), cfg.head.optim, lr)
         global_loss = GlobalBatchLoss(info, accum, lambda batch: batch["features"].shape[-1], model.localizer)
