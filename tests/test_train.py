@@ -12,6 +12,8 @@ import torch
 
 from lofi.config import load_config  # noqa: E402
 from lofi.engine.logger import read_log  # noqa: E402
+from lofi.models.registry import HEADS
+from lofi.models.tal import load_head
 from crafted import crafted_pt
 from subproc import child_env
 
@@ -355,6 +357,36 @@ def test_infer_on_real_video(tiny_run, shared_data, tmp_path):
         dets = json.loads((out / "bikes.json").read_text())["results"]["bikes"]
         assert dets and all(0 <= d["segment"][0] <= d["segment"][1] for d in dets)
         assert (out / "bikes_timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("head", [h for h in sorted(HEADS) if h != "gtad"])
+def test_other_heads_train_resume_and_infer(head, tiny_run, tiny_shards, shared_data, tmp_path):
+    """The lofi, head and eval stages with another head (from the tiny run's ACP encoder); the head stage killed
+    mid-epoch and resumed equals the uninterrupted one; lofi.infer reads its model.pt."""
+    run_dir, _ = tiny_run
+    common = [f"model.head={head}", f"model.weights={run_dir / 'acp' / 'encoder.pt'}", "checkpoint.every_iters=2",
+              "lofi.epochs=1", "head.epochs=2"]
+    train(tmp_path / "a", tiny_shards, "stages=[lofi, head, eval]", *common)
+    metrics = json.loads((tmp_path / "a" / "demo" / "metrics.json").read_text())
+    assert 0 <= metrics["eval"]["average_mAP"] <= 1 and metrics["eval"]["baseline_average_mAP"] >= 0
+    assert load_head(tmp_path / "a" / "demo" / "model.pt", torch.device("cpu"))[1]["head_name"] == head
+    frozen = [*common[:1], f"model.weights={tmp_path / 'a' / 'demo' / 'lofi' / 'encoder.pt'}", *common[2:],
+              f"head.cache_dir={tmp_path / 'a' / 'demo' / 'features'}"]
+    killer = [str(REPO / "tests" / "kill_after.py"), "3"]
+    proc = train(tmp_path / "b", tiny_shards, "--stage", "head", *frozen, check=False, wrapper=killer)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    train(tmp_path / "b", tiny_shards, "--stage", "head", "--resume", "auto", *frozen)
+    a, b = (torch.load(tmp_path / r / "demo" / "head" / "last.pt", weights_only=False)["models"]["model"]
+            for r in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    out = tmp_path / "infer"
+    proc = subprocess.run([sys.executable, "-m", "lofi.infer", "--checkpoint", str(tmp_path / "a" / "demo" / "model.pt"),
+                           "--video", str(shared_data / "videos" / "bikes.mp4"), "--out", str(out), "--window", "4"],
+                          cwd=REPO, env=child_env(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dets = json.loads((out / "bikes.json").read_text())["results"]["bikes"]
+    assert dets and all(0 <= d["segment"][0] <= d["segment"][1] for d in dets)
 
 
 def test_probe_features_on_the_tiny_runs_cache(tiny_run, tmp_path):
