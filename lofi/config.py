@@ -191,6 +191,37 @@ class EvalConfig:
 
 
 @dataclass
+class ActionFormerConfig:
+    """The ActionFormer head's keywords (lofi.models.actionformer; names as the public release
+    happyharrycn/actionformer_release). Defaults: its ActivityNet config, ``configs/anet_tsp.yaml`` over the defaults
+    of ``libs/core/config.py`` (train_cfg, test_cfg and model keys), as the comments say."""
+    backbone_arch: List[int] = field(default_factory=lambda: [2, 2, 5])  # default: embedding convs, stem, branch
+    n_head: int = 4  # anet_tsp
+    n_mha_win_size: List[int] = field(default_factory=lambda: [25, 25, 25, 25, 25, -1])  # anet_tsp; -1: global
+    embd_kernel_size: int = 3  # default
+    embd_dim: int = 256  # anet_tsp (= fpn_dim: the identity neck)
+    head_dim: int = 256  # anet_tsp
+    head_num_layers: int = 3  # default: 2 convs + the output conv
+    head_kernel_size: int = 3  # default
+    regression_range: List[List[float]] = field(  # default; snippets (the release's feature-grid units)
+        default_factory=lambda: [[0.0, 4.0], [4.0, 8.0], [8.0, 16.0], [16.0, 32.0], [32.0, 64.0], [64.0, 10000.0]])
+    use_abs_pe: bool = True  # anet_tsp
+    max_seq_len: int = 768  # anet_tsp: the position encoding's table length (interpolated beyond it)
+    dropout: float = 0.0  # default train_cfg.dropout (the MLP and projection dropout)
+    droppath: float = 0.1  # default train_cfg.droppath
+    cls_prior_prob: float = 0.01  # anet_tsp
+    center_sample_radius: float = 1.5  # anet_tsp, in strides
+    label_smoothing: float = 0.1  # anet_tsp
+    focal_alpha: float = 0.25  # the release's sigmoid_focal_loss
+    focal_gamma: float = 2.0  # the release's sigmoid_focal_loss
+    loss_weight: float = 1.0  # default train_cfg.loss_weight (on the regression loss)
+    init_loss_norm: float = 400.0  # anet_tsp
+    loss_norm_momentum: float = 0.9  # the release's PtTransformer
+    pre_nms_top_k: int = 2000  # anet_tsp test_cfg.pre_nms_topk, per pyramid level
+    min_score: float = 0.001  # anet_tsp test_cfg.min_score (= the default pre_nms_thresh)
+
+
+@dataclass
 class CheckpointConfig:
     every_iters: int = 0
     keep: int = 2
@@ -229,6 +260,7 @@ class Config:
     head: HeadStageConfig = field(default_factory=HeadStageConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -590,10 +622,48 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
     for i, t in enumerate(cfg.eval.tiou):
         if not 0 < t <= 1:
             errors.append(f"eval.tiou[{i}]: a tIoU threshold must lie in (0, 1], got {t}")
+    _check_actionformer(errors, cfg.actionformer)
     if check_paths:
         _check_paths(cfg, stages, errors)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_actionformer(errors: List[str], af: ActionFormerConfig) -> None:
+    """The ActionFormer head's keys: pyramid shape, windows, widths, probabilities and loss constants."""
+    key = "actionformer"
+    if len(af.backbone_arch) != 3 or min(af.backbone_arch, default=0) < 1:
+        errors.append(f"{key}.backbone_arch: expected 3 counts ≥ 1 (embedding convs, stem blocks, branch blocks), "
+                      f"got {af.backbone_arch}")
+        return
+    levels = af.backbone_arch[2] + 1
+    if len(af.n_mha_win_size) != levels:
+        errors.append(f"{key}.n_mha_win_size: expected one window per pyramid level ({levels}), "
+                      f"got {af.n_mha_win_size}")
+    for i, w in enumerate(af.n_mha_win_size):
+        if w != -1 and not (w >= 3 and w % 2):
+            errors.append(f"{key}.n_mha_win_size[{i}]: a local attention window must be odd and ≥ 3, or -1 (global), "
+                          f"got {w}")
+    if len(af.regression_range) != levels:
+        errors.append(f"{key}.regression_range: expected one [low, high] per pyramid level ({levels}), got "
+                      f"{af.regression_range}")
+    for i, r in enumerate(af.regression_range):
+        if len(r) != 2 or not 0 <= r[0] < r[1]:
+            errors.append(f"{key}.regression_range[{i}]: expected [low, high] snippets with 0 ≤ low < high, got {r}")
+    for name in ("n_head", "embd_dim", "head_dim", "head_num_layers", "max_seq_len", "pre_nms_top_k",
+                 "center_sample_radius", "init_loss_norm"):
+        _positive(errors, f"{key}.{name}", getattr(af, name))
+    if af.n_head > 0 and af.embd_dim % af.n_head:
+        errors.append(f"{key}.embd_dim: {af.embd_dim} is not divisible by n_head={af.n_head}")
+    for name in ("embd_kernel_size", "head_kernel_size"):
+        if not (getattr(af, name) > 0 and getattr(af, name) % 2):
+            errors.append(f"{key}.{name}: a kernel size must be odd and > 0, got {getattr(af, name)}")
+    for name in ("dropout", "droppath", "label_smoothing", "loss_norm_momentum", "min_score"):
+        _fraction(errors, f"{key}.{name}", getattr(af, name), True, False, "a probability or fraction")
+    _fraction(errors, f"{key}.cls_prior_prob", af.cls_prior_prob, False, False, "a probability")
+    _fraction(errors, f"{key}.focal_alpha", af.focal_alpha, True, True, "the focal loss's weight")
+    _positive(errors, f"{key}.focal_gamma", af.focal_gamma, allow_zero=True)
+    _positive(errors, f"{key}.loss_weight", af.loss_weight, allow_zero=True)
 
 
 def _check_models(errors: List[str], model: ModelConfig) -> None:
