@@ -3,12 +3,13 @@ name → builder, with the config section each builder reads. A new encoder or h
 The training stages, lofi.infer and tools/extract_features.py all build models through these."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Callable, Dict, Optional
 
 from torch import nn
 
+from .actionformer import ActionFormer
 from .encoder import TSM_DEPTHS, R2Plus1DEncoder, SnippetEncoder, TSMEncoder
 from .gtad import GTAD
 from .weights import load_encoder_weights
@@ -29,6 +30,7 @@ ENCODERS: Dict[str, Registered] = {
 # builder(in_dim, its config section) → a TALHead (lofi.models.tal_head): features (B, C, L) → outputs
 HEADS: Dict[str, Registered] = {
     "gtad": Registered(lambda in_dim, model: GTAD(in_dim, fused=model.gtad_fused), "model"),
+    "actionformer": Registered(lambda in_dim, section: ActionFormer(in_dim, **asdict(section)), "actionformer"),
 }
 
 
