@@ -4,7 +4,7 @@ import pytest
 from lofi.config import CONFIG_DIR, ConfigError, load_config
 
 
-@pytest.mark.parametrize("name", ["demo", "anet_tsm_r18", "hacs_tsm_r18", "anet_tsm_r50"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIG_DIR / f"{name}.yaml", check_paths=False)
     assert cfg.name == name
