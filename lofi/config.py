@@ -184,6 +184,18 @@ class PostprocessConfig:
 
 
 @dataclass
+class BMNConfig:
+    """The BMN head's keyword arguments (lofi.models.bmn.BMN), defaults its ActivityNet setting in the public
+    implementations (JJBOY/BMN-Boundary-Matching-Network: models.py, opts.py; mmaction2: BMN, bmn_400x100 config)."""
+    hidden_1d: int = 256  # width of the 1-D convs and the BM features (hidden_dim_1d); a multiple of 4
+    hidden_2d: int = 128  # width of the 2-D convs (hidden_dim_2d)
+    hidden_3d: int = 512  # output width of the 3-D conv (hidden_dim_3d)
+    num_samples: int = 32  # N, bins per proposal in the BM layer (num_samples; JJBOY's num_sample)
+    num_samples_per_bin: int = 3  # points averaged per bin (num_samples_per_bin; JJBOY's num_sample_perbin)
+    boundary_ratio: float = 0.5  # widens the sampled region by this × the proposal's length per side (prop_boundary_ratio)
+
+
+@dataclass
 class EvalConfig:
     tiou: List[float] = field(default_factory=lambda: [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
     num_timelines: int = 4
@@ -259,6 +271,7 @@ class Config:
     lofi: LoFiStageConfig = field(default_factory=LoFiStageConfig)
     head: HeadStageConfig = field(default_factory=HeadStageConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    bmn: BMNConfig = field(default_factory=BMNConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     actionformer: ActionFormerConfig = field(default_factory=ActionFormerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -603,6 +616,14 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
         _fraction(errors, f"postprocess.{name}", getattr(cfg.postprocess, name), True, True, "an IoU")
     _positive(errors, "postprocess.min_duration_s", cfg.postprocess.min_duration_s, allow_zero=True)
     _positive(errors, "postprocess.top_classes", cfg.postprocess.top_classes)
+    for name in ("hidden_1d", "hidden_2d", "hidden_3d", "num_samples", "num_samples_per_bin"):
+        _positive(errors, f"bmn.{name}", getattr(cfg.bmn, name))
+    if cfg.bmn.hidden_1d % 4:
+        errors.append(f"bmn.hidden_1d: the 1-D convs have 4 groups: must be a multiple of 4, got {cfg.bmn.hidden_1d}")
+    if cfg.bmn.num_samples * cfg.bmn.num_samples_per_bin < 2:
+        errors.append("bmn.num_samples: the BM layer needs num_samples·num_samples_per_bin ≥ 2 points, got "
+                      f"{cfg.bmn.num_samples}·{cfg.bmn.num_samples_per_bin}")
+    _positive(errors, "bmn.boundary_ratio", cfg.bmn.boundary_ratio, allow_zero=True)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     _positive(errors, "checkpoint.every_iters", cfg.checkpoint.every_iters, allow_zero=True)
     _positive(errors, "data.cache_max_gib", cfg.data.cache_max_gib)
