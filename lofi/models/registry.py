@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional
 from torch import nn
 
 from .actionformer import ActionFormer
+from .bmn import BMN
 from .encoder import TSM_DEPTHS, R2Plus1DEncoder, SnippetEncoder, TSMEncoder
 from .gtad import GTAD
 from .weights import load_encoder_weights
@@ -30,6 +31,7 @@ ENCODERS: Dict[str, Registered] = {
 # builder(in_dim, its config section) → a TALHead (lofi.models.tal_head): features (B, C, L) → outputs
 HEADS: Dict[str, Registered] = {
     "gtad": Registered(lambda in_dim, model: GTAD(in_dim, fused=model.gtad_fused), "model"),
+    "bmn": Registered(lambda in_dim, section: BMN(in_dim, **asdict(section)), "bmn"),
     "actionformer": Registered(lambda in_dim, section: ActionFormer(in_dim, **asdict(section)), "actionformer"),
 }
 
