@@ -1,4 +1,5 @@
-"""Per-video activation memory of the encoder and the G-TAD head, and the largest training batch within a budget.
+"""Per-video activation memory of the encoder and of each localization head, and the largest training batch within a
+budget.
 
 Activation memory = bytes of the tensors autograd saves for backward (lofi.engine.memory.saved_bytes: every storage
 counted once, parameters excluded); this works on the CPU. On CUDA the peak memory of forward + backward is measured
@@ -12,13 +13,14 @@ from typing import Optional, Sequence
 import torch
 
 from lofi import ops
+from lofi.config import Config, ModelConfig
 from lofi.engine.memory import saved_bytes
-from lofi.models import GTAD, build_encoder
+from lofi.models import build_encoder, head_from_config
 
 GIB = 2 ** 30
 # (name, L, T, H=W): full fidelity and the paper's LoFi configurations (r_t = 4, r_s = 2, ST: r_t = 2, r_s = √2).
 FIDELITIES = [("full", 100, 8, 224), ("S-LoFi", 100, 8, 112), ("T-LoFi", 25, 8, 224), ("ST-LoFi", 50, 8, 158)]
-HEAD_LENGTHS = (25, 50, 100)
+HEAD_LENGTHS = (25, 50, 100)  # the snippets of T-LoFi, ST-LoFi, and full fidelity and S-LoFi
 
 
 def peak_cuda_bytes(model, fn) -> int:
@@ -56,44 +58,53 @@ def measure_encoder(name: str, L: int, T: int, size: int, device: str) -> dict:
     return row
 
 
-def measure_head(in_dim: int, L: int, fused: bool, device: str) -> dict:
-    """Saved-for-backward bytes of the G-TAD head on one video of L snippets (and the CUDA peak on CUDA)."""
+def build_head(name: str, in_dim: int, fused: bool = True) -> torch.nn.Module:
+    """Head ``name`` with its config section's defaults (G-TAD: SGAlign fused with its projection or not)."""
+    return head_from_config(Config(model=ModelConfig(head=name, gtad_fused=fused)), in_dim)
+
+
+def measure_head(name: str, in_dim: int, L: int, fused: bool, device: str) -> dict:
+    """Saved-for-backward bytes of head ``name`` on one video of L snippets (and the CUDA peak on CUDA)."""
     torch.manual_seed(0)
-    head = GTAD(in_dim, fused=fused).to(device)
+    head = build_head(name, in_dim, fused).to(device).train()
     x = torch.randn(1, in_dim, L, device=device, requires_grad=True)
-    row = {"in_dim": in_dim, "L": L, "fused": fused, "per_video_bytes": saved_bytes(lambda: head(x), head.parameters())}
+    row = {"head": name, "in_dim": in_dim, "L": L, "fused": fused,
+           "per_video_bytes": saved_bytes(lambda: head(x), head.parameters())}
     if device == "cuda":
         row["cuda_peak_bytes_per_video"] = peak_cuda_bytes(head, lambda: head(x))
     return row
 
 
-def model_state_bytes(encoder: str) -> int:
-    """fp32 parameters + gradients + two Adam moments of encoder + G-TAD head."""
+def model_state_bytes(encoder: str, head: str) -> int:
+    """fp32 parameters + gradients + two Adam moments of the encoder + head."""
     enc = build_encoder(encoder)
-    params = sum(p.numel() for p in enc.parameters()) + sum(p.numel() for p in GTAD(enc.out_dim).parameters())
+    params = sum(p.numel() for p in enc.parameters()) + sum(p.numel() for p in build_head(head, enc.out_dim).parameters())
     return params * 4 * 4
 
 
 def budget_rows(encoder_rows, head_rows, budget_gib: float) -> list:
-    """Per-video training memory (encoder + fused head at each of FIDELITIES, fp32 activations) and the largest batch
-    that fits ``budget_gib`` GiB next to the model state, per encoder."""
-    heads = {r["L"]: r["per_video_bytes"] for r in head_rows if r["fused"] and r["in_dim"] == 512}
+    """Per-video training memory (encoder + head at each of FIDELITIES, fp32 activations; G-TAD fused) and the largest
+    batch that fits ``budget_gib`` GiB next to the model state, per encoder and head."""
     rows = []
     for name, L, T, size in FIDELITIES:
         for er in (r for r in encoder_rows if (r["L"], r["T"], r["size"]) == (L, T, size)):
-            state = model_state_bytes(er["encoder"])
-            per_video = er["per_video_bytes"] + heads[L]
-            rows.append({"config": name, "encoder": er["encoder"], "fidelity": f"{L}x{T}x{size}²",
-                         "per_video_bytes": per_video, "model_state_bytes": state,
-                         "max_batch": max(0, int((budget_gib * GIB - state) // per_video))})
+            for hr in (r for r in head_rows if r["L"] == L and r["fused"] and r["in_dim"] == 512):
+                state = model_state_bytes(er["encoder"], hr["head"])
+                per_video = er["per_video_bytes"] + hr["per_video_bytes"]
+                rows.append({"config": name, "encoder": er["encoder"], "head": hr["head"],
+                             "fidelity": f"{L}x{T}x{size}²", "head_bytes": hr["per_video_bytes"],
+                             "per_video_bytes": per_video, "model_state_bytes": state,
+                             "max_batch": max(0, int((budget_gib * GIB - state) // per_video))})
     return rows
 
 
-def measure(encoders: Sequence[str], device: str, budget_gib: Optional[float] = None) -> dict:
-    """{device, sgalign_path, head: rows, encoder: rows[, budget_gib, budget: rows]}: the head at HEAD_LENGTHS (fused
-    and unfused SGAlign), each encoder at FIDELITIES, and with ``budget_gib`` the budget rows."""
+def measure(encoders: Sequence[str], device: str, budget_gib: Optional[float] = None,
+            heads: Sequence[str] = ("gtad",)) -> dict:
+    """{device, sgalign_path, head: rows, encoder: rows[, budget_gib, budget: rows]}: each head at HEAD_LENGTHS (G-TAD
+    with fused and unfused SGAlign), each encoder at FIDELITIES, and with ``budget_gib`` the budget rows."""
     torch.set_grad_enabled(True)
-    head_rows = [measure_head(512, L, fused, device) for L in HEAD_LENGTHS for fused in (True, False)]
+    head_rows = [measure_head(h, 512, L, fused, device) for h in heads for L in HEAD_LENGTHS
+                 for fused in ((True, False) if h == "gtad" else (True,))]
     encoder_rows = [measure_encoder(name, L, T, size, device) for name in encoders for _, L, T, size in FIDELITIES]
     result = {"device": device, "sgalign_path": "compiled kernel" if ops.available() else "pure-PyTorch reference",
               "head": head_rows, "encoder": encoder_rows}

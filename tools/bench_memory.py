@@ -1,11 +1,12 @@
-"""Per-video activation memory of the encoder and the G-TAD head (lofi.benchmark_memory), as markdown tables.
+"""Per-video activation memory of the encoder and the localization heads (lofi.benchmark_memory), as markdown tables.
 
 Activation memory = bytes of the tensors autograd saves for backward; this works on the CPU. With ``--device cuda``
 the peak CUDA memory of forward + backward is reported too. ``--budget-gib N`` adds the per-video training memory
-(encoder + fused head at that fidelity, fp32) of each LoFi configuration and of full-fidelity end-to-end training,
-and the largest batch that fits N GiB next to the model state (parameters, gradients and Adam moments).
+(encoder + head at that fidelity, fp32) of each LoFi configuration and of full-fidelity end-to-end training, and the
+largest batch that fits N GiB next to the model state (parameters, gradients and Adam moments), per encoder and head.
 
-    PYTHONPATH=. python tools/bench_memory.py [--encoders tsm_r18,tsm_r50] [--budget-gib 32] [--json PATH] [--no-record]
+    PYTHONPATH=. python tools/bench_memory.py [--encoders tsm_r18,tsm_r50] [--heads gtad,bmn,actionformer]
+        [--budget-gib 32] [--json PATH] [--no-record]
 """
 import argparse
 import json
@@ -31,6 +32,7 @@ def mib(b) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--encoders", default="tsm_r18", help="comma-separated encoder names (default tsm_r18)")
+    parser.add_argument("--heads", default="gtad", help="comma-separated head names (default gtad)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--budget-gib", type=float, default=None, help="also report per-video training memory and "
                         "the largest batch that fits this many GiB")
@@ -38,12 +40,14 @@ def main(argv=None):
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
 
-    result = measure(args.encoders.split(","), args.device, args.budget_gib)
+    result = measure(args.encoders.split(","), args.device, args.budget_gib, args.heads.split(","))
     cuda = args.device == "cuda"
-    tables = [f"G-TAD head (in_dim 512, fp32, batch 1; lofi.ops {result['sgalign_path']}):\n",
+    tables = [f"Localization heads (in_dim 512, fp32, batch 1, each with its config section's defaults; G-TAD's "
+              f"SGAlign fused with its projection or not; lofi.ops {result['sgalign_path']}):\n",
               benchmark.markdown_table(
-                  ["L", "SGAlign", "saved for backward (MiB/video)"] + (["CUDA peak (MiB)"] if cuda else []),
-                  [[r["L"], "fused" if r["fused"] else "unfused", mib(r["per_video_bytes"])]
+                  ["head", "L", "variant", "saved for backward (MiB/video)"] + (["CUDA peak (MiB)"] if cuda else []),
+                  [[r["head"], r["L"], ("fused" if r["fused"] else "unfused") if r["head"] == "gtad" else "",
+                    mib(r["per_video_bytes"])]
                    + ([mib(r["cuda_peak_bytes_per_video"])] if cuda else []) for r in result["head"]]),
               "\nEncoder (fp32, BN in training mode; measured on 1 and 2 snippets, scaled by L):\n",
               benchmark.markdown_table(
@@ -53,13 +57,14 @@ def main(argv=None):
                     f"{r['linear_ratio_2_to_1']:.4f}", gib(r["per_video_bytes"])]
                    + ([gib(r["cuda_peak_bytes_per_video"])] if cuda else []) for r in result["encoder"]])]
     if args.budget_gib is not None:
-        tables += [f"\nEnd-to-end training memory per video (encoder + fused head, fp32 activations) and the largest "
-                   f"batch within {args.budget_gib:g} GiB next to the model state (params + grads + Adam):\n",
+        tables += [f"\nEnd-to-end training memory per video (encoder + head, G-TAD fused, fp32 activations) and the "
+                   f"largest batch within {args.budget_gib:g} GiB next to the model state (params + grads + Adam):\n",
                    benchmark.markdown_table(
-                       ["config", "encoder", "L×T×H²", "per video (GiB)", "model state (GiB)",
+                       ["config", "encoder", "head", "L×T×H²", "head (MiB)", "per video (GiB)", "model state (GiB)",
                         f"max batch in {args.budget_gib:g} GiB"],
-                       [[r["config"], r["encoder"], r["fidelity"], gib(r["per_video_bytes"]),
-                         gib(r["model_state_bytes"]), r["max_batch"]] for r in result["budget"]])]
+                       [[r["config"], r["encoder"], r["head"], r["fidelity"], mib(r["head_bytes"]),
+                         gib(r["per_video_bytes"]), gib(r["model_state_bytes"]), r["max_batch"]]
+                        for r in result["budget"]])]
     body = "\n".join(tables)
     print(body)
     if args.json:
