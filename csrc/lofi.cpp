@@ -17,7 +17,7 @@ TORCH_LIBRARY(lofi, m) {
   // Soft-NMS of a batch of videos (csrc/soft_nms.h).
   m.def(
       "batched_soft_nms(Tensor segments, Tensor scores, Tensor? num_valid, float sigma, int top_k, int method, "
-      "float iou_threshold) -> (Tensor, Tensor)");
+      "float iou_threshold, float high_threshold=0.9) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -51,13 +51,15 @@ def test_opcheck_sg_align_scatter(dtype, rows, sources, device, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("method", [0, 1, 2])
+@pytest.mark.parametrize("method", [0, 1, 2, 3])
 @pytest.mark.parametrize("with_num_valid", [False, True])
+@pytest.mark.parametrize("high_threshold", [(), (0.7,)], ids=["default_high", "high"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_batched_soft_nms(dtype, method, with_num_valid, device, seed):
+def test_opcheck_batched_soft_nms(dtype, method, with_num_valid, high_threshold, device, seed):
     segments, scores = (t.to(device) for t in gtad_like_inputs(3, 12, seed, dtype))
     num_valid = torch.tensor([78, 40, 0], device=device) if with_num_valid else None
-    torch.library.opcheck(torch.ops.lofi.batched_soft_nms.default, (segments, scores, num_valid, 0.8, 20, method, 0.5))
+    args = (segments, scores, num_valid, 0.8, 20, method, 0.5) + high_threshold  # high_threshold defaults to 0.9
+    torch.library.opcheck(torch.ops.lofi.batched_soft_nms.default, args)
 
 
 # torch 2.11's AOTAutograd returns zero gradients for everything behind the fused SGAlign projection of a compiled

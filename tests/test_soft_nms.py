@@ -10,10 +10,11 @@ import torch
 
 import lofi.ops
 from lofi.ops import batched_soft_nms, batched_soft_nms_reference, soft_nms, soft_nms_reference
-from lofi.ops.soft_nms_baselines import gtad_like_inputs, gtad_style_soft_nms
+from lofi.ops.soft_nms_baselines import bmn_style_soft_nms, gtad_like_inputs, gtad_style_soft_nms
 
 NEAR_TIE = 1e-6  # relative score gap within which implementations may pick different candidates
-METHODS = ("gaussian", "linear", "hard")
+METHODS = ("gaussian", "linear", "hard", "bmn")
+KERNEL = lofi.ops.available()
 
 
 TINY = torch.finfo(torch.float64).tiny  # scores are decayed in float64; below this, rounding is absolute (subnormals)
@@ -28,7 +29,8 @@ def rounding_rtol(dtype):
 # Oracles written independently of lofi.ops.soft_nms
 
 
-def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou_threshold, num_valid=None):
+def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou_threshold, num_valid=None,
+                           high_threshold=0.9):
     """Replays soft-NMS in NumPy float64 along the picks in ``idx`` (B, top_k) and asserts that each pick was the
     best remaining candidate, or within NEAR_TIE relative of it (the only allowed divergence), that each emitted score
     equals the replayed decayed score up to rounding in the output dtype, that the run stops only when nothing positive
@@ -67,6 +69,10 @@ def assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, iou
             iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
             if method == "gaussian":
                 weight = np.exp(-(iou * iou) / sigma)
+            elif method == "bmn":
+                width = ends[i] - starts[i]
+                weight = np.where(iou > iou_threshold + (high_threshold - iou_threshold) * width,
+                                  np.exp(-(iou * iou) / sigma), 1.0)
             elif method == "linear":
                 weight = np.where(iou >= iou_threshold, 1 - iou, 1)
             else:
@@ -121,6 +127,105 @@ def test_reference_matches_gtad_loop_on_grid_with_ties(seed):
     idx, out = gtad_style_soft_nms(segments[0].tolist(), scores[0].tolist(), 0.8, 100)
     assert ref_idx.tolist() == idx
     torch.testing.assert_close(ref_scores, torch.tensor(out, dtype=torch.float64), rtol=1e-12, atol=TINY)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BMN's rule: exp(-IoU²/sigma) only where IoU > low + (high - low)·(width of the pick)
+
+ANET_BMN = dict(method="bmn", sigma=0.4, iou_threshold=0.5, high_threshold=0.9, top_k=100)  # BMN's ActivityNet values
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+BATCHED = [pytest.param(batched_soft_nms, id="api"), pytest.param(batched_soft_nms_reference, id="reference")]
+
+
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("low,high", [(0.5, 0.9), (0.2, 0.6), (-0.3, 0.4)])  # (-0.3, 0.4): IoU 0 exceeds some
+def test_bmn_reference_matches_python_loop(seed, grid, low, high):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 3, 150, grid=grid, quantize=grid)
+    for b in range(3):
+        ref_idx, ref_scores = soft_nms_reference(segments[b], scores[b], sigma=0.4, top_k=100, method="bmn",
+                                                 iou_threshold=low, high_threshold=high)
+        idx, out = bmn_style_soft_nms(segments[b].tolist(), scores[b].tolist(), 0.4, low, high, 100)
+        assert ref_idx.tolist() == idx
+        torch.testing.assert_close(ref_scores, torch.tensor(out, dtype=torch.float64), rtol=1e-12, atol=TINY)
+
+
+@pytest.mark.skipif(not KERNEL, reason="lofi._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bmn_cpu_op_matches_reference_and_python_loop_with_ties(seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    for grid, quantize, n in [(True, True, 300), (True, False, 120), (False, True, 400), (False, False, 200)]:
+        segments, scores = random_inputs(gen, 6, n, dtype, grid=grid, quantize=quantize)
+        segments[:, n // 2:n // 2 + 10] = segments[:, :10]  # duplicate segments with equal scores: exact ties
+        scores[:, n // 2:n // 2 + 10] = scores[:, :10]
+        num_valid = torch.randint(0, n + 1, (6,), generator=gen)
+        num_valid[0] = n
+        ref_idx, ref_out = batched_soft_nms_reference(segments, scores, num_valid, **ANET_BMN)
+        idx, out = torch.ops.lofi.batched_soft_nms(segments, scores, num_valid, 0.4, 100, 3, 0.5, 0.9)
+        for picks, values in ((ref_idx, ref_out), (idx, out)):
+            assert_valid_selection(segments, scores, picks, values, 0.4, 100, "bmn", 0.5, num_valid, 0.9)
+        same = (idx == ref_idx).all(1)
+        torch.testing.assert_close(out[same], ref_out[same], rtol=rounding_rtol(dtype), atol=TINY)
+        for b in range(6):
+            m = int(num_valid[b])
+            loop_idx, loop_out = bmn_style_soft_nms(segments[b, :m].tolist(), scores[b, :m].tolist(), 0.4, 0.5, 0.9,
+                                                    100)
+            if idx[b, :len(loop_idx)].tolist() == loop_idx:  # else a near tie, which assert_valid_selection allowed
+                assert (idx[b, len(loop_idx):] == -1).all()
+                expected = torch.tensor(loop_out, dtype=torch.float64).to(dtype)
+                torch.testing.assert_close(out[b, :len(loop_idx)], expected, rtol=rounding_rtol(dtype), atol=TINY)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batched", BATCHED)
+def test_bmn_threshold_is_strict(batched, dtype, device):
+    # Low 0.5, high 1: a pick [0, 0.5] decays IoUs above 0.75; every number here is exact in binary.
+    eps = 2.0 ** -20
+    segments = torch.tensor([[[0, 0.5], [0, 0.375], [1, 2], [0, 0]],  # IoU exactly 0.75: no decay
+                             [[0, 0.5], [0, 0.375 + eps], [0, 0.375 - eps], [1, 2]]],  # IoU 0.75 ± 2^-19
+                            dtype=dtype, device=device)
+    scores = torch.tensor([[0.9, 0.8, 0.1, 10.0], [0.9, 0.8, 0.7, 0.1]], dtype=dtype, device=device)
+    num_valid = torch.tensor([3, 4], device=device)  # video 0's padding would win every pick if it counted
+    idx, out = batched(segments, scores, num_valid, sigma=0.4, top_k=4, method="bmn", iou_threshold=0.5,
+                       high_threshold=1.0)
+    assert idx.tolist() == [[0, 1, 2, -1], [0, 2, 3, 1]]
+    # Video 1: candidate 1 decays after pick 0, and again after pick 2 (width 0.375 - eps: threshold about 0.69).
+    again = (0.375 - eps) / (0.375 + eps)
+    last = 0.8 * math.exp(-(0.75 + 2 * eps) ** 2 / 0.4) * math.exp(-again ** 2 / 0.4)
+    expected = torch.tensor([[0.9, 0.8, 0.1, 0], [0.9, 0.7, 0.1, last]], dtype=torch.float64).to(dtype)
+    torch.testing.assert_close(out.cpu(), expected, rtol=rounding_rtol(dtype), atol=0)
+    # The Gaussian rule decays at any overlap: with sigma 0.1, video 0's candidate 1 falls below the disjoint 0.1.
+    assert batched(segments, scores, num_valid, sigma=0.1, top_k=4)[0][0].tolist() == [0, 2, 1, -1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batched", BATCHED)
+def test_bmn_wide_picks_decay_nothing(batched, device, seed):
+    # Segments in seconds, all wider than 1.25: threshold 0.5 + 0.4·w > 1 >= every IoU, so the result is the plain
+    # top-k by score (ties: the lowest index), scores unchanged.
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.rand(4, 200, generator=gen, dtype=torch.float64) * 100
+    segments = torch.stack([start, start + 1.5 + 30 * torch.rand(4, 200, generator=gen, dtype=torch.float64)], -1)
+    segments[:, 100:150] = segments[:, :50]  # duplicates: IoU 1
+    scores = torch.randint(-1, 9, (4, 200), generator=gen).double() / 8  # ties, some non-positive
+    idx, out = batched(segments.to(device), scores.to(device), **dict(ANET_BMN, top_k=60))
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :60]
+    ranked = torch.gather(scores, 1, order)
+    assert torch.equal(idx.cpu(), torch.where(ranked > 0, order, -1))
+    assert torch.equal(out.cpu(), ranked.clamp_min(0))
+    gaussian, _ = batched(segments.to(device), scores.to(device), **dict(ANET_BMN, top_k=60, method="gaussian"))
+    assert not torch.equal(gaussian.cpu(), idx.cpu())  # the same inputs do decay under the Gaussian rule
+
+
+@pytest.mark.parametrize("method", ["gaussian", "linear", "hard"])
+@pytest.mark.parametrize("batched", BATCHED)
+def test_high_threshold_is_ignored_by_other_methods(batched, method, seed):
+    gen = torch.Generator().manual_seed(seed)
+    segments, scores = random_inputs(gen, 3, 100, grid=True, quantize=True)
+    a = batched(segments, scores, sigma=0.5, top_k=50, method=method, iou_threshold=0.3, high_threshold=0.9)
+    b = batched(segments, scores, sigma=0.5, top_k=50, method=method, iou_threshold=0.3, high_threshold=-5.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_checker_rejects_a_wrong_order(seed):
@@ -278,6 +383,10 @@ def _bad_cases():
         (batched_soft_nms, (bseg, bsc), {"sigma": 5e-324}, "sigma"),
         (soft_nms, (seg, sc), {"method": "soft"}, "method"),
         (soft_nms, (seg, sc), {"iou_threshold": math.nan}, "iou_threshold"),
+        (soft_nms, (seg, sc), {"high_threshold": math.inf}, "high_threshold"),
+        (soft_nms, (seg, sc), {"method": "bmn", "high_threshold": math.nan}, "high_threshold"),
+        (soft_nms, (seg, sc), {"high_threshold": "0.9"}, "high_threshold"),
+        (batched_soft_nms, (bseg, bsc), {"high_threshold": True}, "high_threshold"),
         (batched_soft_nms, (seg, sc), {}, "segments"),
         (batched_soft_nms, (bseg, bsc[0]), {}, "scores"),
         (batched_soft_nms, (bseg, bsc, torch.tensor([5])), {}, "num_valid"),
@@ -311,6 +420,16 @@ def test_raw_op_rejects_a_sigma_without_finite_reciprocal(device, sigma):
     ref = batched_soft_nms_reference(segments.cpu(), scores.cpu(), sigma=2.3e-308, top_k=10)
     assert got[0][0, :3].tolist() == ref[0][0, :3].tolist() == [0, 2, -1]  # the copy of the pick decays to 0
     assert torch.equal(got[1].cpu(), ref[1])
+
+
+@pytest.mark.skipif(not KERNEL, reason="lofi._C is not built")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("low,high", [(math.nan, 0.9), (0.5, math.inf), (0.5, -math.inf), (0.5, math.nan)])
+def test_raw_op_rejects_non_finite_thresholds(device, low, high):
+    segments = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]], dtype=torch.float64, device=device)
+    scores = torch.tensor([[0.9, 0.8]], dtype=torch.float64, device=device)
+    with pytest.raises(RuntimeError, match="iou_threshold and high_threshold must be finite"):
+        torch.ops.lofi.batched_soft_nms(segments, scores, None, 0.4, 10, 3, low, high)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs two devices")
@@ -369,13 +488,14 @@ def test_kernel_matches_reference_on_random_inputs(seed, method, dtype):
                                             (True, True, 200, 100, 0.002)]:
         segments, scores = random_inputs(gen, 5, n, dtype, grid=grid, quantize=quantize)
         num_valid = torch.randint(0, n + 1, (5,), generator=gen)
-        ref_idx, ref_out = batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, 0.4)
-        assert_valid_selection(segments, scores, ref_idx, ref_out, sigma, top_k, method, 0.4, num_valid)
+        # bmn: a pick of width w in [0, 1] decays IoUs above 0.4 + 0.4·w
+        ref_idx, ref_out = batched_soft_nms_reference(segments, scores, num_valid, sigma, top_k, method, 0.4, 0.8)
+        assert_valid_selection(segments, scores, ref_idx, ref_out, sigma, top_k, method, 0.4, num_valid, 0.8)
         for device in kernel_devices():
             idx, out = batched_soft_nms(segments.to(device), scores.to(device), num_valid.to(device), sigma=sigma,
-                                        top_k=top_k, method=method, iou_threshold=0.4)
+                                        top_k=top_k, method=method, iou_threshold=0.4, high_threshold=0.8)
             assert idx.device.type == device and out.device.type == device
-            assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, 0.4, num_valid)
+            assert_valid_selection(segments, scores, idx, out, sigma, top_k, method, 0.4, num_valid, 0.8)
             # Both stop when nothing positive is left; only subnormal scores may round to 0 in one and not the other.
             count, ref_count = (idx >= 0).sum(1).cpu(), (ref_idx >= 0).sum(1)
             for b, (c, r) in enumerate(zip(count.tolist(), ref_count.tolist())):

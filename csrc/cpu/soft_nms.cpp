@@ -42,24 +42,23 @@ inline vdouble load(const double* p) { return *reinterpret_cast<const vdouble*>(
 inline vdouble broadcast(double x) { return vdouble{x, x, x, x, x, x, x, x}; }
 
 struct Pick {
-  double start, end, length;
+  double start, end, length, threshold;  // threshold: pick_threshold of the pick
 };
 
 // Applies `pick` (none on the first step) to every packed key and returns the position of the largest key (ties: the
 // lowest position), and that key in `best_key` (-inf when every key is -inf or NaN). IoU 0 leaves a key unchanged
-// (Gaussian, or a positive threshold), so blocks that the pick does not reach are only scanned.
+// (log keys, or a positive threshold), so blocks that the pick does not reach are only scanned.
 template <int64_t method>
-LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double inv_sigma,
-                                             double iou_threshold, double& best_key) {
+LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double inv_sigma, double& best_key) {
   vdouble best = vdouble{} - std::numeric_limits<double>::infinity();
   vlong best_at = {}, at = {0, 1, 2, 3, 4, 5, 6, 7};
   double* keys = v.key.data();
-  const bool skip_disjoint = method == kGaussian || iou_threshold > 0;
+  const bool skip_disjoint = log_keys(method) || (pick != nullptr && pick->threshold > 0);
   const double* starts = v.start.data();
   const double* ends = v.end.data();
   const double* block_start = v.block_start.data();
   const double* block_end = v.block_end.data();
-  const double ps = pick ? pick->start : 0, pe = pick ? pick->end : 0;
+  const double ps = pick ? pick->start : 0, pe = pick ? pick->end : 0, threshold = pick ? pick->threshold : 0;
   const vdouble pick_start = broadcast(ps), pick_end = broadcast(pe), pick_length = broadcast(pick ? pick->length : 0);
   for (int64_t j = 0; j < v.size; j += kLanes, at += kLanes) {
     vdouble key = *reinterpret_cast<const vdouble*>(keys + j);
@@ -67,7 +66,7 @@ LOFI_VECTOR_CLONES int64_t update_and_argmax(Packed& v, const Pick* pick, double
     if (pick != nullptr && (!skip_disjoint || (block_end[block] > ps && block_start[block] < pe))) {
       const vdouble s = load(starts + j), e = load(ends + j);
       const vdouble iou = segment_iou(s, e, e - s, pick_start, pick_end, pick_length);
-      key = decayed_key<method>(key, iou, inv_sigma, iou_threshold);
+      key = decayed_key<method>(key, iou, inv_sigma, threshold);
       *reinterpret_cast<vdouble*>(keys + j) = key;
     }
     const vlong better = key > best;  // strict: the lowest position wins within a lane; NaN never wins
@@ -115,32 +114,35 @@ void pack(const scalar_t* seg, const scalar_t* score, int64_t n, int64_t method,
 
 template <typename scalar_t>
 void soft_nms_video(const scalar_t* seg, const scalar_t* score, int64_t n, int64_t top_k, int64_t method,
-                    double sigma, double iou_threshold, int64_t* out_index, scalar_t* out_score,
-                    Packed& v) {
+                    double sigma, double iou_threshold, double high_threshold, int64_t* out_index,
+                    scalar_t* out_score, Packed& v) {
   pack(seg, score, n, method, v);
   const auto update = method == kGaussian ? update_and_argmax<kGaussian>
                       : method == kLinear ? update_and_argmax<kLinear>
-                                          : update_and_argmax<kHard>;
+                      : method == kHard   ? update_and_argmax<kHard>
+                                          : update_and_argmax<kBmn>;
   const double dead = dead_key(method);
   Pick pick;
   for (int64_t k = 0; k < top_k; ++k) {
     double best;
-    const int64_t i = update(v, k ? &pick : nullptr, 1.0 / sigma, iou_threshold, best);
+    const int64_t i = update(v, k ? &pick : nullptr, 1.0 / sigma, best);
     if (!(best > dead)) break;
     // A Gaussian score may underflow to 0, as the reference's product does: then nothing positive is left.
     const double value = current_score(best, static_cast<double>(score[v.index[i]]), method);
     if (!(value > 0)) break;
     out_index[k] = v.index[i];
     out_score[k] = static_cast<scalar_t>(value);
-    pick = {v.start[i], v.end[i], v.end[i] - v.start[i]};
+    const double length = v.end[i] - v.start[i];
+    pick = {v.start[i], v.end[i], length, pick_threshold(method, iou_threshold, high_threshold, length)};
     v.key[i] = dead;
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cpu(const at::Tensor& segments, const at::Tensor& scores,
                                                         const std::optional<at::Tensor>& num_valid, double sigma,
-                                                        int64_t top_k, int64_t method, double iou_threshold) {
-  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method);
+                                                        int64_t top_k, int64_t method, double iou_threshold,
+                                                        double high_threshold) {
+  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method, iou_threshold, high_threshold);
   const int64_t b = scores.size(0), n = scores.size(1);
   const auto seg = segments.contiguous();
   const auto sc = scores.contiguous();
@@ -161,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cpu(const at::Tensor& segmen
       for (int64_t v = next++; v < b; v = next++) {
         const int64_t count = valid_ptr ? std::clamp<int64_t>(valid_ptr[v], 0, n) : n;
         soft_nms_video(seg_ptr + v * n * 2, score_ptr + v * n, count, top_k, method, sigma, iou_threshold,
-                       index_ptr + v * top_k, out_ptr + v * top_k, packed);
+                       high_threshold, index_ptr + v * top_k, out_ptr + v * top_k, packed);
       }
     });
   });

@@ -45,7 +45,8 @@ template <typename scalar_t, int64_t method>
 __global__ void __launch_bounds__(kThreads)
     soft_nms_kernel(const scalar_t* __restrict__ segments, const scalar_t* __restrict__ scores,
                     const int64_t* __restrict__ num_valid, int n, int64_t top_k, double sigma, double iou_threshold,
-                    double* __restrict__ workspace, int64_t* __restrict__ out_index, scalar_t* __restrict__ out_score) {
+                    double high_threshold, double* __restrict__ workspace, int64_t* __restrict__ out_index,
+                    scalar_t* __restrict__ out_score) {
   extern __shared__ double shared_state[];
   __shared__ double partial_key[2][kWarps];
   __shared__ int partial_at[2][kWarps];
@@ -60,8 +61,8 @@ __global__ void __launch_bounds__(kThreads)
   double* chunk_end = chunk_start + (n + 31) / 32;
   const double dead = dead_key(method);
   const double inv_sigma = 1.0 / sigma;
-  // IoU 0 leaves a key unchanged (Gaussian, or a positive threshold): chunks the pick does not reach are only read.
-  const bool skip_disjoint = method == kGaussian || iou_threshold > 0;
+  // IoU 0 leaves a key unchanged (log keys, or a positive threshold): chunks the pick does not reach are only read.
+  const bool skip_disjoint = log_keys(method) || iou_threshold > 0;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   // Warp w owns chunks w, w + kWarps, ...; lane l of it candidate 32·chunk + l: each key has one reader and writer,
@@ -90,7 +91,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  double pick_start = 0, pick_end = 0, pick_length = 0;
+  double pick_start = 0, pick_end = 0, pick_length = 0, threshold = 0;
   for (int64_t k = 0; k < top_k; ++k) {
     double best = -INFINITY;
     int best_at = n;
@@ -103,7 +104,7 @@ __global__ void __launch_bounds__(kThreads)
         if (reached && key > dead) {  // picked, suppressed or never positive: stays so
           const double s = starts[j], e = ends[j];
           key = decayed_key<method>(key, segment_iou(s, e, e - s, pick_start, pick_end, pick_length), inv_sigma,
-                                    iou_threshold);
+                                    threshold);
           keys[j] = key;
         }
         if (key > best) {  // j increases: the first of equal keys stays
@@ -128,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
     const double pick_score = static_cast<double>(score[best_at]);
     // A Gaussian current score may underflow to 0, as the reference's product does (then nothing positive is left);
     // with key = log(current score) >= -700 it is at least 1e-304.
-    if (method == kGaussian && best < -700.0 && !(current_score(best, pick_score, method) > 0)) break;
+    if (log_keys(method) && best < -700.0 && !(current_score(best, pick_score, method) > 0)) break;
     if (best_at % kThreads == static_cast<int>(threadIdx.x)) {  // its owner
       out_index[video * top_k + k] = best_at;
       out_score[video * top_k + k] = static_cast<scalar_t>(current_score(best, pick_score, method));
@@ -137,12 +138,13 @@ __global__ void __launch_bounds__(kThreads)
     pick_start = starts[best_at];
     pick_end = ends[best_at];
     pick_length = pick_end - pick_start;
+    threshold = pick_threshold(method, iou_threshold, high_threshold, pick_length);
   }
 }
 
 template <typename scalar_t, int64_t method>
 void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, double sigma, int64_t top_k,
-            double iou_threshold, at::Tensor& out_index, at::Tensor& out_score) {
+            double iou_threshold, double high_threshold, at::Tensor& out_index, at::Tensor& out_score) {
   const int64_t b = sc.size(0), n = sc.size(1);
   const size_t state_bytes = state_doubles(n) * sizeof(double);
   const auto kernel = soft_nms_kernel<scalar_t, method>;
@@ -162,15 +164,16 @@ void launch(const at::Tensor& seg, const at::Tensor& sc, const int64_t* valid, d
   }
   kernel<<<static_cast<unsigned>(b), kThreads, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
       seg.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(), valid, static_cast<int>(n), top_k, sigma, iou_threshold,
-      workspace.defined() ? workspace.data_ptr<double>() : nullptr, out_index.data_ptr<int64_t>(),
+      high_threshold, workspace.defined() ? workspace.data_ptr<double>() : nullptr, out_index.data_ptr<int64_t>(),
       out_score.data_ptr<scalar_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cuda(const at::Tensor& segments, const at::Tensor& scores,
                                                          const std::optional<at::Tensor>& num_valid, double sigma,
-                                                         int64_t top_k, int64_t method, double iou_threshold) {
-  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method);
+                                                         int64_t top_k, int64_t method, double iou_threshold,
+                                                         double high_threshold) {
+  check_soft_nms_args(segments, scores, num_valid, sigma, top_k, method, iou_threshold, high_threshold);
   TORCH_CHECK(scores.is_cuda() && scores.size(0) < (int64_t{1} << 31), "scores must be on a GPU, < 2^31 videos");
   const int64_t b = scores.size(0), n = scores.size(1);
   const c10::cuda::CUDAGuard guard(scores.device());
@@ -183,11 +186,14 @@ std::tuple<at::Tensor, at::Tensor> batched_soft_nms_cuda(const at::Tensor& segme
   const int64_t* valid_ptr = valid.defined() ? valid.data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "batched_soft_nms_cuda", [&] {
     if (method == kGaussian) {
-      launch<scalar_t, kGaussian>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+      launch<scalar_t, kGaussian>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, high_threshold, out_index,
+                                  out_score);
     } else if (method == kLinear) {
-      launch<scalar_t, kLinear>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+      launch<scalar_t, kLinear>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, high_threshold, out_index, out_score);
+    } else if (method == kHard) {
+      launch<scalar_t, kHard>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, high_threshold, out_index, out_score);
     } else {
-      launch<scalar_t, kHard>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, out_index, out_score);
+      launch<scalar_t, kBmn>(seg, sc, valid_ptr, sigma, top_k, iou_threshold, high_threshold, out_index, out_score);
     }
   });
   return {out_index, out_score};

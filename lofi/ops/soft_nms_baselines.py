@@ -1,5 +1,5 @@
-"""What the soft-NMS tests and tools/bench_soft_nms.py share: G-TAD's per-video soft-NMS loop in Python floats
-(an oracle written independently of lofi.ops.soft_nms, and the speed baseline) and G-TAD-like inputs."""
+"""What the soft-NMS tests and tools/bench_soft_nms.py share: G-TAD's and BMN's per-video soft-NMS loops in Python
+floats (oracles written independently of lofi.ops.soft_nms, and the speed baselines) and G-TAD-like inputs."""
 import math
 
 import torch
@@ -32,6 +32,33 @@ def gtad_style_soft_nms(segments, scores, sigma, top_k):
         tstart.pop(max_index)
         tend.pop(max_index)
     return rindex, rscore
+
+
+def bmn_style_soft_nms(segments, scores, sigma, low, high, top_k):
+    """BMN's soft-NMS rule (Lin et al. ICCV 2019) on one video in Python floats: after each pick of width w, a remaining
+    candidate whose IoU with the pick exceeds low + (high - low)·w has its score multiplied by exp(-IoU²/sigma).
+    lofi.ops.soft_nms's conventions: the best current score wins (ties: the lowest index), the loop stops when no
+    remaining score is positive, and a union <= 0 gives IoU 0. Returns the picked indices and their scores."""
+    bounds = [(float(s), float(e)) for s, e in segments]
+    current = {i: float(score) for i, score in enumerate(scores)}
+    picks, picked_scores = [], []
+    while current and len(picks) < top_k:
+        best = max(current, key=lambda i: (current[i], -i))
+        if not current[best] > 0:
+            break
+        picks.append(best)
+        picked_scores.append(current.pop(best))
+        pick_start, pick_end = bounds[best]
+        width = pick_end - pick_start
+        threshold = low + (high - low) * width
+        for i in current:
+            start, end = bounds[i]
+            overlap = max(min(end, pick_end) - max(start, pick_start), 0.0)
+            union = (end - start) + width - overlap
+            iou = overlap / union if union > 0 else 0.0
+            if iou > threshold:
+                current[i] *= math.exp(-(iou * iou) / sigma)
+    return picks, picked_scores
 
 
 def gtad_like_inputs(videos: int, t: int, seed: int, dtype: torch.dtype = torch.float32):
