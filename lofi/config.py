@@ -473,7 +473,8 @@ LEGACY_KEYS = {"data.synthetic.fps": "data.synthetic.pack_fps", "eval.subset": N
 
 
 def upgrade(tree: Dict[str, Any]) -> Dict[str, Any]:
-    """A copy of a ``to_dict`` tree with its :data:`LEGACY_KEYS` renamed or dropped."""
+    """A copy of a ``to_dict`` tree with its :data:`LEGACY_KEYS` renamed or dropped and every key that it lacks (one
+    added since the tree was saved) at its default, which keeps what the version that wrote it did."""
     tree = copy.deepcopy(tree)
     for old, new in LEGACY_KEYS.items():
         *parents, leaf = old.split(".")
@@ -489,6 +490,16 @@ def upgrade(tree: Dict[str, Any]) -> Dict[str, Any]:
             for part in parents:
                 target = target.setdefault(part, {})
             target.setdefault(leaf, value)
+    return _with_defaults(tree, to_dict(Config()))
+
+
+def _with_defaults(tree: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+    """``tree`` with the keys of ``defaults`` it lacks added (recursively into sections both hold), in place."""
+    for key, value in defaults.items():
+        if key not in tree:
+            tree[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(tree[key], dict):
+            _with_defaults(tree[key], value)
     return tree
 
 

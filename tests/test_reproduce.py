@@ -268,6 +268,11 @@ def test_a_tiny_cell_runs_resumes_and_reruns_afresh_when_stale(tmp_path):
     assert "[skip]" in reproduce(configs, out) and log.read_text().count("$ ") == 1  # current: lofi.train not run
     row.write_text(row.read_text() + "log: {every_iters: 3}\n")  # how a cell logs is not part of its recipe
     assert "[skip]" in reproduce(configs, out) and log.read_text().count("$ ") == 1
+    recorded = json.loads(cell_file.read_text())  # a cell recorded before a config key existed
+    del recorded["config"]["bmn"], recorded["config"]["postprocess"]["min_duration_s"]
+    cell_file.write_text(json.dumps(recorded))
+    assert "[skip]" in reproduce(configs, out) and log.read_text().count("$ ") == 1
+    cell_file.write_text(json.dumps(cell))
 
     cell_file.unlink()  # the cell runs again and lofi.train finds its stages finished
     said = reproduce(configs, out)

@@ -191,8 +191,14 @@ def test_configs_saved_by_earlier_versions_still_load():
     tree = to_dict(load_config(None, OFFLINE, check_paths=False))
     tree["data"]["synthetic"]["fps"] = tree["data"]["synthetic"].pop("pack_fps") + 5
     tree["eval"]["subset"] = "validation"
+    # keys added since: whole sections (a head's) and keys in a section take their defaults
+    del tree["bmn"], tree["postprocess"]["voting_iou"], tree["head"]["optim"]["max_grad_norm"]
     cfg = from_dict(tree)
     assert cfg.data.synthetic.pack_fps == 20 and not hasattr(cfg.eval, "subset")
+    assert cfg.postprocess.voting_iou == 0.0 and cfg.head.optim.max_grad_norm == 0.0 and cfg.bmn.num_samples == 32
+    # so a checkpoint written before those keys existed resumes under --resume auto: its config has not changed
+    from lofi.config import config_changes, upgrade
+    assert config_changes(upgrade(tree), to_dict(cfg)) == []
 
 
 def test_inference_does_not_load_the_stage_wiring():

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lofi.atomic import write_json  # noqa: E402
-from lofi.config import config_changes  # noqa: E402
+from lofi.config import config_changes, upgrade  # noqa: E402
 from lofi.stages.table import recipe  # noqa: E402
 from lofi.study import (PRESETS, ROWS, STUDY_DIR, Cell, Preset, cell_path, encoder_change,  # noqa: E402
                         label, read_cell, row_configs, select_rows)
@@ -172,7 +172,8 @@ def run_study(preset: str, cells: Sequence[Cell], out: Path, say: Callable[[str]
         path = cell_path(out, cell.row, cell.seed)
         old, current = read_cell(path), cell.resolved()
         # what the result depends on, by the stage table: not where or how the cell ran and logged
-        was, now = (recipe(tree, current["stages"]) for tree in ((old or {}).get("config", current), current))
+        # (a cell recorded before a key existed holds it at its default: upgrade fills it in)
+        was, now = (recipe(upgrade(tree), current["stages"]) for tree in ((old or {}).get("config", current), current))
         if old is not None and was == now:
             say(f"[skip] {path} is current" + ("" if "config" in old else " (recorded before cells held their config)"))
             continue
