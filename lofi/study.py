@@ -49,18 +49,26 @@ ROWS: Dict[str, Row] = {
     "r50_long_c_lofi": Row("TSM-R50 Long C-LoFi", baseline="r50_acp"),
     "r34_acp_bn_only": Row("control: TSM-R34 ACP + target BN statistics only", baseline="r34_acp"),
     "r50_acp_bn_only": Row("control: TSM-R50 ACP + target BN statistics only", baseline="r50_acp"),
+    "bmn_acp": Row("BMN head, ACP (frozen)"),
+    "bmn_long_c_lofi": Row("BMN head, Long C-LoFi", baseline="bmn_acp"),
+    "actionformer_acp": Row("ActionFormer head, ACP (frozen)"),
+    "actionformer_long_c_lofi": Row("ActionFormer head, Long C-LoFi", baseline="actionformer_acp"),
 }
 TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
               "2": ("acp", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi", "long_c_lofi"),
               "6": ("acp", "long_c_lofi", "r34_acp", "r34_long_c_lofi", "r50_acp", "r50_long_c_lofi"),
               "control": ("acp", "acp_bn_only", "long_c_lofi"),
               "control6": ("r34_acp", "r34_acp_bn_only", "r34_long_c_lofi", "r50_acp", "r50_acp_bn_only",
-                           "r50_long_c_lofi")}
-CONTROL_TABLES = ("control", "control6")  # ours, with no counterpart in the paper
+                           "r50_long_c_lofi"),
+              "heads": ("acp", "long_c_lofi", "bmn_acp", "bmn_long_c_lofi", "actionformer_acp",
+                        "actionformer_long_c_lofi")}
+CONTROL_TABLES = ("control", "control6", "heads")  # ours, with no counterpart in the paper
 TABLE_TITLES = {"1": "Table 1 analogue: encoder pretraining", "2": "Table 2 analogue: LoFi configurations",
                 "6": "Table 6 analogue: encoder depth (TSM-R18 / R34 / R50)",
                 "control": "Control (ours, not in the paper): is LoFi's gain learning, or BN statistics on the target?",
-                "control6": "The same control for the deeper encoders (ours, not in the paper)"}
+                "control6": "The same control for the deeper encoders (ours, not in the paper)",
+                "heads": "LoFi beyond G-TAD: the BMN and ActionFormer heads, frozen ACP against Long C-LoFi (ours, "
+                         "not in the paper)"}
 # The LoFi paper's numbers (mAP %, ActivityNet-1.3 validation and HACS-1.1) for [0.5, 0.75, 0.95, avg]; Table 6: avg.
 PAPER = {
     "icp": ([48.45, 32.40, 6.89, 32.16], [31.74, 19.64, 5.67, 20.18]),
@@ -90,9 +98,10 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset(tables=("1", "2", "control", "6", "control6"),
+    "cpu": Preset(tables=("1", "2", "control", "6", "control6", "heads"),
                   labels={"short_c_lofi": "Short C-LoFi (c_s = 1: an epoch has 11 steps here)"}),
-    "gpu": Preset(tables=("2",), rows=("acp", "long_c_lofi", "t_lofi"), max_minutes=4.5),
+    "gpu": Preset(tables=("2", "heads"), rows=("acp", "long_c_lofi", "t_lofi", "bmn_acp", "bmn_long_c_lofi",
+                                                 "actionformer_acp", "actionformer_long_c_lofi"), max_minutes=4.5),
 }
 
 

@@ -99,7 +99,10 @@ def test_row_selection():
     assert rows == ["icp", "acp", "acp_plus", "long_c_lofi", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi"]
     true_icp = S.select_rows(cpu, folder, ["1"], None, "/x.pt")
     assert "icp_imagenet" in true_icp and "icp" not in true_icp
-    assert S.select_rows(S.PRESETS["gpu"], S.STUDY_DIR / "gpu", ["2"], None, None) == ["acp", "long_c_lofi", "t_lofi"]
+    assert S.select_rows(S.PRESETS["gpu"], S.STUDY_DIR / "gpu", ["2"], None, None) == [
+        "acp", "long_c_lofi", "t_lofi", "bmn_acp", "bmn_long_c_lofi", "actionformer_acp", "actionformer_long_c_lofi"]
+    assert S.select_rows(cpu, folder, ["heads"], None, None) == [
+        "acp", "long_c_lofi", "bmn_acp", "bmn_long_c_lofi", "actionformer_acp", "actionformer_long_c_lofi"]
     with pytest.raises(ValueError, match="unknown row"):
         S.select_rows(cpu, folder, ["1"], ["nope"], None)
     with pytest.raises(ValueError, match="unknown table"):

@@ -216,7 +216,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="one seed (the preset's smoke seeds), tables 1, 2 and control")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--rows", help="comma-separated rows (default: every row of --tables)")
-    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control,control6 (default: the preset's)")
+    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control,control6,heads (default: the preset's)")
     p.add_argument("--out", type=Path, help="where the cell JSONs go (default: docs/results/<preset>)")
     p.add_argument("--imagenet", help="a local ImageNet state dict: the true ICP row replaces the random-init analogue")
     p.add_argument("--max-minutes", type=float, help="start no cell that might end after this many minutes "
