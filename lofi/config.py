@@ -28,6 +28,10 @@ STAGES = table.stage_names()
 # Config keys that may change when a run resumes: where and how it runs and logs, not what it computes.
 RESUME_FREE = table.RUN_KEYS
 BatchSize = Union[int, Literal["auto"]]
+# Sections whose keys default to acp's, but for what they set themselves (see load_config): ACP+ fine-tunes the ACP
+# encoder at ACP's clip fidelity; the pretext stages train on ACP's clips with ACP's recipe.
+_ACP_RECIPE = ("epochs", "batch_size", "optim", "fidelity")
+FROM_ACP = {"acp_plus": ("fidelity",), **{s: _ACP_RECIPE for s in ("arrow", "speed", "acp_arrow", "acp_speed")}}
 
 
 class ConfigError(ValueError):
@@ -120,12 +124,37 @@ class ModelConfig:
 
 @dataclass
 class ClsStageConfig:
-    """ACP / ACP+: classification training of the encoder (ClipClassifier) at one fixed fidelity. ACP+ continues
-    ACP, so each key of ``acp_plus.fidelity`` left unset takes ``acp.fidelity``'s value (see load_config)."""
+    """ACP / ACP+ / Arrow of Time: training of the encoder on clips at one fixed fidelity, classification
+    (ClipClassifier) or the arrow pretext (lofi.stages.pretext). ACP+ continues ACP, so each key of
+    ``acp_plus.fidelity`` left unset takes ``acp.fidelity``'s value; the pretext sections (arrow, speed, acp_arrow,
+    acp_speed) take every key of ACP's recipe (epochs, batch_size, optim, fidelity) they leave unset (see
+    load_config)."""
     epochs: int = 5
     batch_size: int = 16
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.01, momentum=0.9, gamma=0.1))
     fidelity: FidelityConfig = field(default_factory=lambda: FidelityConfig(L=1, T=8, size=224))
+
+
+@dataclass
+class SpeedStageConfig(ClsStageConfig):
+    """SpeedNet pretext (lofi.data.pretext): each clip played at a normal rate (drawn from ``normal``) and sped up
+    (from ``fast``), in one batch; a training clip is zoomed by a factor from ``zoom`` before the crop. Each range is
+    [low, high], drawn uniformly per clip; rates multiply the gaps between the sampled frames."""
+    normal: List[float] = field(default_factory=lambda: [1.0, 1.2])
+    fast: List[float] = field(default_factory=lambda: [1.7, 2.3])
+    zoom: List[float] = field(default_factory=lambda: [1.0, 1.5])
+
+
+@dataclass
+class AcpArrowStageConfig(ClsStageConfig):
+    """ACP + Arrow of Time: ACP's cross-entropy plus ``weight`` × the arrow loss on every step."""
+    weight: float = 1.0
+
+
+@dataclass
+class AcpSpeedStageConfig(SpeedStageConfig):
+    """ACP + SpeedNet: ACP's cross-entropy plus ``weight`` × the speed loss on every step."""
+    weight: float = 1.0
 
 
 @dataclass
@@ -268,6 +297,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     acp: ClsStageConfig = field(default_factory=ClsStageConfig)
     acp_plus: ClsStageConfig = field(default_factory=lambda: ClsStageConfig(epochs=2))
+    arrow: ClsStageConfig = field(default_factory=ClsStageConfig)
+    speed: SpeedStageConfig = field(default_factory=SpeedStageConfig)
+    acp_arrow: AcpArrowStageConfig = field(default_factory=AcpArrowStageConfig)
+    acp_speed: AcpSpeedStageConfig = field(default_factory=AcpSpeedStageConfig)
     lofi: LoFiStageConfig = field(default_factory=LoFiStageConfig)
     head: HeadStageConfig = field(default_factory=HeadStageConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
@@ -427,6 +460,15 @@ def _apply_override(tree: Dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _builds(values: Any, cls: type) -> bool:
+    """Whether ``values`` is a mapping that builds a ``cls`` (known keys of the right types)."""
+    try:
+        _convert(values, cls, "")
+    except ConfigError:
+        return False
+    return True
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), *,
                 stages: Optional[Sequence[str]] = None, world_size: int = 1, check_paths: bool = True) -> Config:
     """The config from ``path`` (default: the demo) with ``overrides`` applied, validated for ``stages``
@@ -434,10 +476,11 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     tree = _read_yaml(Path(path) if path else CONFIG_DIR / "demo.yaml")
     for item in overrides:
         _apply_override(tree, item)
-    acp, acp_plus = tree.get("acp"), tree.get("acp_plus")
-    if isinstance(acp, dict) and isinstance(acp.get("fidelity"), dict) and isinstance(acp_plus or {}, dict):
-        # ACP+ fine-tunes the ACP encoder at ACP's clip fidelity, but for the keys acp_plus.fidelity sets.
-        tree["acp_plus"] = _merge({"fidelity": dict(acp["fidelity"])}, acp_plus or {})
+    acp = tree.get("acp")
+    for section, keys in FROM_ACP.items():
+        own = tree.get(section)
+        if _builds(acp, ClsStageConfig) and isinstance(own or {}, dict):  # a broken acp is reported once, as acp
+            tree[section] = _merge({k: copy.deepcopy(acp[k]) for k in keys if k in acp}, own or {})
     try:
         cfg = _build(Config, tree)
     except ConfigError as e:
@@ -611,6 +654,9 @@ def validate(cfg: Config, stages: Optional[Sequence[str]] = None, world_size: in
         _positive(errors, f"{row.section}.epochs", section.epochs, allow_zero=True)
         _check_batch(errors, f"{row.section}.batch_size", section.batch_size, world_size)
         _check_optim(errors, f"{row.section}.optim", section.optim)
+        if isinstance(section, SpeedStageConfig):
+            _check_speed(errors, row.section, section)
+        _positive(errors, f"{row.section}.weight", getattr(section, "weight", None), allow_zero=True)
     _check_models(errors, cfg.model)
     for i, lr in enumerate(cfg.head.lr_search):
         _positive(errors, f"head.lr_search[{i}]", lr)
@@ -696,6 +742,17 @@ def _check_actionformer(errors: List[str], af: ActionFormerConfig) -> None:
     _fraction(errors, f"{key}.focal_alpha", af.focal_alpha, True, True, "the focal loss's weight")
     _positive(errors, f"{key}.focal_gamma", af.focal_gamma, allow_zero=True)
     _positive(errors, f"{key}.loss_weight", af.loss_weight, allow_zero=True)
+
+
+def _check_speed(errors: List[str], key: str, sc: SpeedStageConfig) -> None:
+    """The rate and zoom ranges: [low, high] with 1 ≤ low ≤ high, every fast rate above every normal one."""
+    for name in ("normal", "fast", "zoom"):
+        value = getattr(sc, name)
+        if len(value) != 2 or not 1 <= value[0] <= value[1]:
+            errors.append(f"{key}.{name}: expected [low, high] with 1 <= low <= high, got {value}")
+    if len(sc.normal) == len(sc.fast) == 2 and not sc.fast[0] > sc.normal[1]:
+        errors.append(f"{key}.fast: the sped-up rates {sc.fast} must lie above the normal ones {key}.normal="
+                      f"{sc.normal}")
 
 
 def _check_models(errors: List[str], model: ModelConfig) -> None:

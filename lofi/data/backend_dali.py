@@ -1,5 +1,8 @@
 """The `dali` backend: the front end's plans feed one DALI graph (decode the listed frames, resize, crop, flip).
 
+A plan's frame indices may have any shape ((L, T), or (views, L, T) for a pretext task, lofi.data.pretext): the graph
+decodes their L·T (or views·L·T) frames in the plan's order and the batch takes the plan's shape.
+
 `video_graph(source, device)` is the one graph: device "cpu" (libavcodec; VP8, VP9 and MJPEG only) or "mixed"
 (NVDEC; also H.264, HEVC, AV1). Only the decoder's device argument differs between the two. Every per-iteration
 value comes from `batch_info.iteration`: DALI calls the source `prefetch_queue_depth` batches ahead, so the callback
@@ -91,12 +94,14 @@ def plan_arrays(plans: list):
 
 
 def cpu_fallback(batch: dict, train: bool, error: BaseException) -> dict:
-    """Decodes a planned batch that DALI failed on with the `cpu` backend: frames (B, L, T, 3, H, W) on the CPU.
+    """Decodes a planned batch that DALI failed on with the `cpu` backend: frames (B, L, T, 3, H, W) (B, 2, L, T, 3,
+    H, W with a pretext task) on the CPU.
 
     A sample PyAV cannot decode cleanly is skipped, counted in batch["corrupt"] and replaced as in the front end.
     """
     fid, plans = batch["fidelity"], batch.pop("plans")
-    out = torch.empty((len(plans), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8)
+    shape = plans[0]["frames"].shape  # (L, T), or (views, L, T) with a pretext task
+    out = torch.empty((len(plans), plans[0]["frames"].size, 3, fid.H, fid.W), dtype=torch.uint8)
     good, failed = [], set()
     for plan in plans:
         if plan["where"] in failed:
@@ -116,7 +121,7 @@ def cpu_fallback(batch: dict, train: bool, error: BaseException) -> dict:
                            f"{sorted(batch['corrupt'])}")
     fill_batch(good, len(plans), train, out)
     batch["meta"] = [p["meta"] for p in good]
-    batch["frames"] = out.view(len(good), fid.L, fid.T, 3, fid.H, fid.W)
+    batch["frames"] = out.view(len(good), *shape, 3, fid.H, fid.W)
     return batch
 
 
@@ -163,8 +168,8 @@ class DaliBatches:
                 outputs = DALIGenericIterator(pipe, ["frames"], auto_reset=False)
                 for out in outputs:
                     batch, fid = planned.pop(iteration), self.schedule(self.epoch, iteration)
-                    del batch["plans"]
-                    batch["frames"] = out[0]["frames"].view(self.batch_size, fid.L, fid.T, 3, fid.H, fid.W)
+                    shape = batch.pop("plans")[0]["frames"].shape  # (L, T), or (views, L, T) with a pretext task
+                    batch["frames"] = out[0]["frames"].view(self.batch_size, *shape, 3, fid.H, fid.W)
                     iteration += 1
                     yield batch
                 return

@@ -9,6 +9,7 @@ import torch
 
 from ..fidelity import Fidelity
 from .backend_cpu import load_snippets
+from .pretext import Pretext
 from .reader import FrontEnd
 from .remote import index_remote, is_remote
 from .shardlist import index_subset
@@ -127,7 +128,7 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
                  cache_dir: Optional[str] = None, cache_max_gib: float = 50.0, fetch_retries: int = 5,
                  world_size: int = 1, foreground: bool = False, stride: Optional[int] = None,
                  shuffle_buffer: int = 16, dali_threads: int = 2, start: int = 0,
-                 max_corrupt_fraction: float = 1.0) -> VideoLoader:
+                 max_corrupt_fraction: float = 1.0, pretext: Optional[Pretext] = None) -> VideoLoader:
     """The batches of one epoch for this rank (see lofi/data/reader.py for order, splitting and padding).
 
     shards: a directory holding {subset}-NNNNNN.tar (+ manifest.json, checked before anything is read), a base URL
@@ -138,6 +139,8 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
     max(1, floor(frames / (L·T)))). backend: "auto" | "cpu" | "dali" (resolve_backend). start: the first iteration
     to yield (a run resumed mid-epoch): the batches before it are neither read nor decoded. max_corrupt_fraction:
     the share of this rank's positions that may be corrupt (skipped) before the epoch stops with CorruptLimitError.
+    pretext: two views of every clip for a self-supervised pretext task (lofi.data.pretext): frames (B, 2, L, T, 3,
+    H, W), labels in meta["pretext"].
     """
     resolved = resolve_backend(backend)
     if resolved == "cpu":
@@ -151,5 +154,5 @@ def build_loader(shards: str, subset: str, *, batch_size: int, schedule: Callabl
     front = FrontEnd(indexed, batch_size=batch_size, schedule=schedule, train=train,
                      epoch=epoch, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                      prepare=prepare, fills_frames=resolved == "cpu", foreground=foreground, stride=stride,
-                     shuffle_buffer=shuffle_buffer, start=start)
+                     shuffle_buffer=shuffle_buffer, start=start, pretext=pretext)
     return VideoLoader(front, resolved, num_workers, dali_threads, max_corrupt_fraction)

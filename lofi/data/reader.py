@@ -15,6 +15,8 @@ Everything here is a function of (seed, epoch, rank, world_size, num_workers, ba
   fixed (seed, world_size, num_workers, batch_size); changing the worker count changes the buffer's order.
 * Batching. A worker produces the batches with global iterations k ≡ worker (mod num_workers), the order in which
   torch's DataLoader returns them, and takes each batch's Fidelity from schedule(epoch, k).
+* Pretext views. With a `pretext` task (lofi.data.pretext) each sample holds two views of its clip, frame indices
+  (2, L, T) chosen here, so frames are (B, 2, L, T, 3, H, W) and meta["pretext"] holds the views' labels.
 * Starting mid-epoch (a resumed run). With `start` = s, the epoch yields iterations s, s+1, ... with the same
   contents as the full epoch's: DataLoader worker w plays the part of worker (w + s) mod num_workers, the shuffle
   buffer's order is computed on positions alone, and only the samples of iterations ≥ s are read and decoded.
@@ -37,6 +39,7 @@ import webdataset as wds
 from ..fidelity import Fidelity
 from ..seeding import numpy_seed
 from .packing import member_checksums
+from .pretext import VIEWS, Pretext
 from .sampling import segment_frame_range, snippet_frame_indices, snippet_times
 from .shardlist import Shard, local_path
 from .spatial import crop_params
@@ -94,7 +97,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
     def __init__(self, shards: List[Shard], *, batch_size: int, schedule: Callable[[int, int], Fidelity],
                  train: bool, epoch: int, seed: int, rank: int, world_size: int, num_workers: int,
                  prepare: Prepare, fills_frames: bool, foreground: bool = False, stride: Optional[int] = None,
-                 shuffle_buffer: int = 16, start: int = 0):
+                 shuffle_buffer: int = 16, start: int = 0, pretext: Optional[Pretext] = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1:
@@ -102,7 +105,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
         self.shards, self.batch_size, self.schedule, self.train = shards, batch_size, schedule, train
         self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
         self.num_workers, self.prepare, self.foreground, self.stride = max(1, num_workers), prepare, foreground, stride
-        self.shuffle_buffer, self.fills_frames = shuffle_buffer, fills_frames
+        self.shuffle_buffer, self.fills_frames, self.pretext = shuffle_buffer, fills_frames, pretext
         order = (np.random.default_rng(numpy_seed(seed, epoch)).permutation(len(shards)) if train
                  else np.arange(len(shards)))
         self.units: List[Tuple[int, int, Optional[int]]] = [
@@ -116,6 +119,10 @@ class FrontEnd(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         return self.num_batches
+
+    def sample_shape(self, fid: Fidelity) -> Tuple[int, ...]:
+        """The frame indices of one sample: (L, T), or (views, L, T) with a pretext task."""
+        return (fid.L, fid.T) if self.pretext is None else (VIEWS, fid.L, fid.T)
 
     def worker_batches(self, worker: int) -> List[int]:
         """The global iterations this worker produces, in order."""
@@ -190,15 +197,20 @@ class FrontEnd(torch.utils.data.IterableDataset):
                 raise CorruptSample(f"json has no annotations[{segment}].segment")
             start, end = segment_frame_range(annotations[segment]["segment"], fps, num_frames)
         stride = fid.stride if fid.stride is not None else self.stride
+        rng = np.random.default_rng(numpy_seed(self.seed, self.epoch, position))
+        zoom = 1.0 if self.pretext is None else self.pretext.zoom_factor(self.train, rng)
+        crop = crop_params(int(info["height"]), int(info["width"]), fid.H, fid.W, self.train, rng, zoom)
+        views: Dict[str, list] = {}
         try:
-            frames = snippet_frame_indices(num_frames, fid.L, fid.T, stride, start, end)
+            if self.pretext is None:
+                frames = snippet_frame_indices(num_frames, fid.L, fid.T, stride, start, end)
+            else:
+                frames, views = self.pretext.views(num_frames, fid.L, fid.T, stride, start, end, self.train, rng)
         except ValueError as exc:
             raise CorruptSample(str(exc)) from exc
-        rng = np.random.default_rng(numpy_seed(self.seed, self.epoch, position))
-        crop = crop_params(int(info["height"]), int(info["width"]), fid.H, fid.W, self.train, rng)
         meta = {"id": str(info["id"]), "duration": float(info["duration"]), "fps": fps, "annotations": annotations,
-                "snippet_times": snippet_times(frames, fps), "key": sample["__key__"],
-                "pad": (not self.train) and position >= len(self.units)}
+                "snippet_times": snippet_times(frames.reshape(-1, fid.T), fps).reshape(frames.shape[:-1]),
+                "key": sample["__key__"], "pad": (not self.train) and position >= len(self.units), **views}
         label = annotations[segment] if segment is not None else info
         if "label_id" in label:
             meta["label_id"] = int(label["label_id"])
@@ -209,7 +221,8 @@ class FrontEnd(torch.utils.data.IterableDataset):
     def make_batch(self, iteration: int, items: List[Tuple[int, dict, Optional[int]]]) -> dict:
         """Plans and prepares one batch; corrupt samples are replaced by duplicates of a good one (see module doc)."""
         fid = self.schedule(self.epoch, iteration)
-        out = (torch.empty((len(items), fid.L * fid.T, 3, fid.H, fid.W), dtype=torch.uint8) if self.fills_frames
+        shape = self.sample_shape(fid)
+        out = (torch.empty((len(items), math.prod(shape), 3, fid.H, fid.W), dtype=torch.uint8) if self.fills_frames
                else None)
         plans, corrupt = [], {}
         for position, sample, segment in items:
@@ -227,7 +240,7 @@ class FrontEnd(torch.utils.data.IterableDataset):
         if out is None:
             batch["plans"] = plans
         else:
-            batch["frames"] = out.view(len(plans), fid.L, fid.T, 3, fid.H, fid.W)
+            batch["frames"] = out.view(len(plans), *shape, 3, fid.H, fid.W)
         return batch
 
     def __iter__(self) -> Iterator[dict]:

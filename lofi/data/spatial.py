@@ -2,6 +2,7 @@
 
 Training: the short side becomes H (for H = W), a random H×W crop, a horizontal flip with probability 1/2.
 Evaluation and feature extraction: the same resize, then the centre crop. Both backends apply the same `Crop`.
+A `zoom` > 1 (the SpeedNet views' spatial augmentation, lofi.data.pretext) resizes zoom times larger before the crop.
 """
 from dataclasses import dataclass
 
@@ -23,9 +24,11 @@ class Crop:
     flip: bool
 
 
-def crop_params(height: int, width: int, H: int, W: int, train: bool, rng: np.random.Generator) -> Crop:
-    """The Crop of a height×width video for an H×W output; `rng` draws the training crop and flip."""
-    scale = max(H / height, W / width)
+def crop_params(height: int, width: int, H: int, W: int, train: bool, rng: np.random.Generator,
+                zoom: float = 1.0) -> Crop:
+    """The Crop of a height×width video for an H×W output, resized `zoom` times larger than the smallest size that
+    covers H×W; `rng` draws the training crop and flip."""
+    scale = max(H / height, W / width) * zoom
     resize_h, resize_w = max(H, round(height * scale)), max(W, round(width * scale))
     if train:
         top, left = int(rng.integers(0, resize_h - H + 1)), int(rng.integers(0, resize_w - W + 1))

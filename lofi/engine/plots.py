@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
-from lofi.config import stage_key
+from lofi.config import STAGES, stage_key
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,8 +22,8 @@ def curve_data(log_path: Path, metrics_path: Optional[Path] = None
     """The series of ``plot_curves``: per stage, (optimizer step, loss) of every step record, and per stage and name,
     (epoch, value) for the per-epoch panel: the stage's epoch records (e.g. average mAP), its mean training loss per
     epoch (each step record holds the mean over the steps since the previous record of its epoch; a step logged
-    again after a resume counts once), and the final validation accuracy of a classification stage (ACP, ACP+) from
-    ``metrics.json`` at its last epoch."""
+    again after a resume counts once), and the final validation accuracies of a stage that trains on clips (ACP,
+    ACP+, the pretext stages: ``val_accuracy``, ``val_pretext_accuracy``) from ``metrics.json`` at its last epoch."""
     steps: Dict[str, Series] = {}
     epochs: Dict[str, Dict[str, Series]] = {}
     windows: Dict[str, Dict[int, Dict[int, float]]] = {}  # stage -> epoch -> iteration -> window mean loss
@@ -45,10 +45,11 @@ def curve_data(log_path: Path, metrics_path: Optional[Path] = None
             series.append((epoch + 1, total / done))
     metrics_path = log_path.parent / "metrics.json" if metrics_path is None else metrics_path
     summary = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    for stage in ("acp", "acp+"):
-        accuracy = summary.get(stage_key(stage), {}).get("val_accuracy")
-        if accuracy is not None and windows.get(stage):
-            epochs.setdefault(stage, {})["val_accuracy"] = [(max(windows[stage]) + 1, accuracy)]
+    for stage in windows:
+        final = summary.get(stage_key(stage), {}) if stage in STAGES else {}
+        for name, accuracy in final.items():
+            if name.startswith("val_") and name.endswith("accuracy"):
+                epochs.setdefault(stage, {})[name] = [(max(windows[stage]) + 1, accuracy)]
     return steps, epochs
 
 

@@ -62,15 +62,24 @@ class Stage:
 
 
 TRAIN, VAL = ("train",), ("val",)
+# The stages that pretrain an encoder on the clip set (data.clip_shards) from model.weights, newest first: ACP and
+# the self-supervised pretext tasks (lofi.stages.pretext), alone or added to ACP's loss.
+CLIP_PRETRAINING = ("acp+speed", "acp+arrow", "speed", "arrow", "acp")
 TABLE: Tuple[Stage, ...] = (
     Stage("acp", "lofi.stages.classification", "acp", ("acp/encoder.pt",), (ShardNeed("clip_shards", TRAIN),)),
+    Stage("arrow", "lofi.stages.pretext", "arrow", ("arrow/encoder.pt",), (ShardNeed("clip_shards", TRAIN),)),
+    Stage("speed", "lofi.stages.pretext", "speed", ("speed/encoder.pt",), (ShardNeed("clip_shards", TRAIN),)),
+    Stage("acp+arrow", "lofi.stages.pretext", "acp_arrow", ("acp_arrow/encoder.pt",),
+          (ShardNeed("clip_shards", TRAIN),)),
+    Stage("acp+speed", "lofi.stages.pretext", "acp_speed", ("acp_speed/encoder.pt",),
+          (ShardNeed("clip_shards", TRAIN),)),
     Stage("acp+", "lofi.stages.classification", "acp_plus", ("acp_plus/encoder.pt",), (ShardNeed("shards", TRAIN),),
-          encoder_from=("acp",)),
+          encoder_from=CLIP_PRETRAINING),
     Stage("lofi", "lofi.stages.end_to_end", "lofi", ("lofi/encoder.pt",), (ShardNeed("shards", TRAIN),),
-          encoder_from=("acp+", "acp")),
+          encoder_from=("acp+", *CLIP_PRETRAINING)),
     Stage("head", "lofi.stages.head", "head", ("model.pt",),
-          (ShardNeed("shards", TRAIN + VAL, external_features=True),), encoder_from=("lofi", "acp+", "acp"),
-          reads=("postprocess", "eval")),
+          (ShardNeed("shards", TRAIN + VAL, external_features=True),),
+          encoder_from=("lofi", "acp+", *CLIP_PRETRAINING), reads=("postprocess", "eval")),
     Stage("eval", "lofi.stages.eval", "eval", ("eval/detections.json", "eval/proposals.json", "eval/timelines.png",
                                                "curves.png"),
           (ShardNeed("shards", VAL, external_features=True),), reads=("postprocess",), checkpoints=False),
