@@ -1,4 +1,4 @@
-"""The reproduction study: the paper's Tables 1, 2 and 6 re-run on the synthetic TAL benchmark, row × seed.
+"""The reproduction study: the paper's Tables 1, 2, 5, 6 and 7 re-run on the synthetic TAL benchmark, row × seed.
 
 Each row is a training config, ``lofi/configs/study/<preset>/<row>.yaml`` (``_base.yaml`` there holds the preset's
 scale), that also runs by itself with ``python -m lofi.train --config``. A cell is one row at one seed; it runs in
@@ -53,10 +53,18 @@ ROWS: Dict[str, Row] = {
     "bmn_long_c_lofi": Row("BMN head, Long C-LoFi", baseline="bmn_acp"),
     "actionformer_acp": Row("ActionFormer head, ACP (frozen)"),
     "actionformer_long_c_lofi": Row("ActionFormer head, Long C-LoFi", baseline="actionformer_acp"),
+    "r2plus1d_acp": Row("R(2+1)D-18 ACP (frozen, at half TSM's size)"),
+    "r2plus1d_t_lofi": Row("R(2+1)D-18 T-LoFi (r_t = 4, at half TSM's size)", baseline="r2plus1d_acp"),
+    "arrow": Row("Arrow of Time (self-supervised on the clips, frozen)"),
+    "speed": Row("SpeedNet (self-supervised on the clips, frozen)"),
+    "acp_arrow": Row("ACP + Arrow (both losses on every step, frozen)"),
+    "acp_speed": Row("ACP + Speed (both losses on every step, frozen)"),
 }
 TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
               "2": ("acp", "s_lofi", "t_lofi", "st_lofi", "short_c_lofi", "long_c_lofi"),
+              "5": ("acp", "t_lofi", "r2plus1d_acp", "r2plus1d_t_lofi"),
               "6": ("acp", "long_c_lofi", "r34_acp", "r34_long_c_lofi", "r50_acp", "r50_long_c_lofi"),
+              "7": ("acp", "arrow", "speed", "acp_arrow", "acp_speed", "long_c_lofi"),
               "control": ("acp", "acp_bn_only", "long_c_lofi"),
               "control6": ("r34_acp", "r34_acp_bn_only", "r34_long_c_lofi", "r50_acp", "r50_acp_bn_only",
                            "r50_long_c_lofi"),
@@ -64,12 +72,15 @@ TABLE_ROWS = {"1": ("icp", "icp_imagenet", "acp", "acp_plus", "long_c_lofi"),
                         "actionformer_long_c_lofi")}
 CONTROL_TABLES = ("control", "control6", "heads")  # ours, with no counterpart in the paper
 TABLE_TITLES = {"1": "Table 1 analogue: encoder pretraining", "2": "Table 2 analogue: LoFi configurations",
+                "5": "Table 5 analogue: encoder family (TSM-R18 / R(2+1)D-18, T-LoFi at each encoder's own size)",
                 "6": "Table 6 analogue: encoder depth (TSM-R18 / R34 / R50)",
+                "7": "Table 7 analogue: self-supervised pretraining (Arrow of Time, SpeedNet), alone and with ACP",
                 "control": "Control (ours, not in the paper): is LoFi's gain learning, or BN statistics on the target?",
                 "control6": "The same control for the deeper encoders (ours, not in the paper)",
                 "heads": "LoFi beyond G-TAD: the BMN and ActionFormer heads, frozen ACP against Long C-LoFi (ours, "
                          "not in the paper)"}
-# The LoFi paper's numbers (mAP %, ActivityNet-1.3 validation and HACS-1.1) for [0.5, 0.75, 0.95, avg]; Table 6: avg.
+# The LoFi paper's numbers (mAP %, ActivityNet-1.3 validation and HACS-1.1) for [0.5, 0.75, 0.95, avg]; Tables 5, 6
+# and 7: avg only (AVG_ONLY_TABLES).
 PAPER = {
     "icp": ([48.45, 32.40, 6.89, 32.16], [31.74, 19.64, 5.67, 20.18]),
     "icp_imagenet": ([48.45, 32.40, 6.89, 32.16], [31.74, 19.64, 5.67, 20.18]),
@@ -82,7 +93,11 @@ PAPER = {
     "long_c_lofi": ([50.68, 35.16, 8.16, 34.49], [37.78, 24.40, 7.29, 24.64]),
     "r34_acp": ([None, None, None, 33.90], None), "r34_long_c_lofi": ([None, None, None, 34.74], None),
     "r50_acp": ([None, None, None, 34.26], None), "r50_long_c_lofi": ([None, None, None, 34.96], None),
+    "r2plus1d_acp": ([None, None, None, 33.55], None), "r2plus1d_t_lofi": ([None, None, None, 34.21], None),
+    "arrow": ([None, None, None, 28.82], None), "speed": ([None, None, None, 29.39], None),
+    "acp_arrow": ([None, None, None, 33.72], None), "acp_speed": ([None, None, None, 33.75], None),
 }
+AVG_ONLY_TABLES = ("5", "6", "7")
 
 
 @dataclass(frozen=True)
@@ -98,7 +113,7 @@ class Preset:
 
 
 PRESETS = {
-    "cpu": Preset(tables=("1", "2", "control", "6", "control6", "heads"),
+    "cpu": Preset(tables=("1", "2", "control", "6", "control6", "heads", "5", "7"),
                   labels={"short_c_lofi": "Short C-LoFi (c_s = 1: an epoch has 11 steps here)"}),
     "gpu": Preset(tables=("2", "heads"), rows=("acp", "long_c_lofi", "t_lofi", "bmn_acp", "bmn_long_c_lofi",
                                                  "actionformer_acp", "actionformer_long_c_lofi"), max_minutes=4.5),

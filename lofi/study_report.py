@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from lofi.atomic import write_bytes
-from lofi.study import CONTROL_TABLES, PAPER, PRESETS, ROWS, STUDY_DIR, TABLE_ROWS, TABLE_TITLES, load_cells
+from lofi.study import (AVG_ONLY_TABLES, CONTROL_TABLES, PAPER, PRESETS, ROWS, STUDY_DIR, TABLE_ROWS, TABLE_TITLES,
+                        load_cells)
 
 METRICS = ("mAP@0.5", "mAP@0.75", "mAP@0.95", "avg")
 
@@ -96,7 +97,7 @@ def ours_table(summary: Dict[str, dict], rows: Sequence[str]) -> str:
 def paper_table(rows: Sequence[str], table: str) -> str:
     def fmt(v):
         return "–" if v is None else f"{v:.2f}"
-    if table == "6":
+    if table in AVG_ONLY_TABLES:
         lines = ["| row (paper, ActivityNet-1.3) | average mAP |", "|---|---|"]
         lines += [f"| {ROWS[r].label} | {fmt(PAPER[r][0][3])} |" for r in rows if r in PAPER]
         return "\n".join(lines)

@@ -106,7 +106,7 @@ def test_row_selection():
     with pytest.raises(ValueError, match="unknown row"):
         S.select_rows(cpu, folder, ["1"], ["nope"], None)
     with pytest.raises(ValueError, match="unknown table"):
-        S.select_rows(cpu, folder, ["7"], None, None)
+        S.select_rows(cpu, folder, ["8"], None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------- report

@@ -34,19 +34,22 @@ def test_unknown_stage_error_lists_the_tables_stages():
         load_config(None, OFFLINE, stages=["pretrain"], check_paths=False)
     assert "--stage: unknown stage(s) ['pretrain']" in str(e.value)
     assert f"valid: {', '.join(table.stage_names())}, all" in str(e.value)
-    with pytest.raises(KeyError, match="unknown stage 'pretrain'; valid: acp, acp\\+, lofi, head, eval"):
+    with pytest.raises(KeyError, match="unknown stage 'pretrain'; valid: acp, arrow, speed, acp\\+arrow, "
+                                       "acp\\+speed, acp\\+, lofi, head, eval"):
         table.get("pretrain")
 
 
 def test_resume_free_keys_come_from_the_table(extra_stage):
     assert table.stage_key("acp+") == "acp_plus" and table.stage_key("extra") == "extra_sec"
     # a stage's result depends on its own section and on what it reads, never on the sections after it
-    assert table.downstream("acp") == ("acp_plus", "lofi", "head", "postprocess", "eval", "extra_sec")
+    assert table.downstream("acp") == ("arrow", "speed", "acp_arrow", "acp_speed", "acp_plus", "lofi", "head",
+                                       "postprocess", "eval", "extra_sec")
+    assert table.stage_key("acp+speed") == "acp_speed" and table.downstream("acp+speed")[0] == "acp_plus"
     assert table.downstream("lofi") == ("head", "postprocess", "eval", "extra_sec")
     assert table.downstream("head") == ("extra_sec",)  # it validates with postprocess and eval.tiou
     assert table.resume_free("lofi") == (*table.RUN_KEYS, "head", "postprocess", "eval", "extra_sec")
-    assert table.recipe_free(["acp"]) == (*table.RUN_KEYS, "acp_plus", "lofi", "head", "postprocess", "eval",
-                                          "extra_sec")
+    assert table.recipe_free(["acp"]) == (*table.RUN_KEYS, "arrow", "speed", "acp_arrow", "acp_speed", "acp_plus",
+                                          "lofi", "head", "postprocess", "eval", "extra_sec")
     assert table.recipe_free(["lofi", "head", "eval"]) == (*table.RUN_KEYS, "extra_sec")
     tree = to_dict(load_config(None, OFFLINE, check_paths=False))
     kept = table.recipe(tree, ["acp"])

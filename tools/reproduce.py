@@ -1,7 +1,7 @@
 """Runs the reproduction study (lofi.study): each row config of a preset × each seed, one resumable cell at a time.
 
     python tools/reproduce.py [--preset cpu|gpu] [--configs DIR] [--smoke] [--seeds 0,1,2] [--rows acp,long_c_lofi]
-        [--tables 1,2,6,control,control6] [--out DIR] [--imagenet PATH] [--max-minutes M]
+        [--tables 1,2,5,6,7,control,control6,heads] [--out DIR] [--imagenet PATH] [--max-minutes M]
 
 A cell is one row config (``lofi/configs/study/<preset>/<row>.yaml``, or ``--configs DIR``) at one seed, run with
 ``python -m lofi.train --config ROW seed=S work_dir=... name=ROW --resume auto``; its result is written atomically to
@@ -123,6 +123,8 @@ def cell_record(preset: str, cell: Cell, seconds: float, upstream: dict, since: 
             "seconds": {"cell": round(seconds, 1),
                         **{k[5:]: round(v["seconds"], 1) for k, v in metrics.items() if k.startswith("time_")}},
             "upstream": upstream, "encoder_change": changes, "head_lr": metrics.get("head", {}).get("lr"),
+            # the held-out accuracies of the cell's own clip stages (ACP+, the pretext stages: val_pretext_accuracy)
+            "clip_accuracy": {k: v for k, v in metrics.items() if isinstance(v, dict) and "val_clips" in v},
             "curves": curves, "timelines": timelines(run_dir, ground_truth(config["data"]["shards"])),
             "config": config, "command": f"python tools/reproduce.py --preset {preset} --rows {cell.row} "
                                          f"--seeds {cell.seed}"}
@@ -216,7 +218,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="one seed (the preset's smoke seeds), tables 1, 2 and control")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--rows", help="comma-separated rows (default: every row of --tables)")
-    p.add_argument("--tables", help="comma-separated tables among 1,2,6,control,control6,heads (default: the preset's)")
+    p.add_argument("--tables", help="comma-separated tables among 1,2,5,6,7,control,control6,heads (default: the "
+                   "preset's)")
     p.add_argument("--out", type=Path, help="where the cell JSONs go (default: docs/results/<preset>)")
     p.add_argument("--imagenet", help="a local ImageNet state dict: the true ICP row replaces the random-init analogue")
     p.add_argument("--max-minutes", type=float, help="start no cell that might end after this many minutes "
