@@ -4,11 +4,13 @@ import importlib.util
 
 import pytest
 import torch
+from test_pretext import SPEED
 from test_reader import FIXED, samples
 from video_shards import write_shards
 
 import lofi.data.loader as loader_module
 from lofi.data import build_loader
+from lofi.data.pretext import Pretext
 from lofi.data.reader import FrontEnd
 from lofi.engine.feature_cache import FeatureLoader
 
@@ -27,12 +29,13 @@ def epoch(shards, start=0, **kw):
 
 
 def same(a, b):
-    return (a["iteration"], [m["key"] for m in a["meta"]]) == (b["iteration"], [m["key"] for m in b["meta"]]) and \
-        torch.equal(a["frames"], b["frames"])
+    return (a["iteration"], [(m["key"], m.get("pretext_rates")) for m in a["meta"]]) == \
+        (b["iteration"], [(m["key"], m.get("pretext_rates")) for m in b["meta"]]) and torch.equal(a["frames"], b["frames"])
 
 
 @pytest.mark.parametrize("kw", [dict(num_workers=0), dict(num_workers=2), dict(num_workers=3),
-                                dict(num_workers=2, rank=1, world_size=2), dict(num_workers=2, train=False)])
+                                dict(num_workers=2, rank=1, world_size=2), dict(num_workers=2, train=False),
+                                dict(num_workers=2, pretext=SPEED), dict(num_workers=0, pretext=Pretext("arrow"))])
 def test_start_yields_the_tail_of_the_epoch(shards, kw):
     full = epoch(shards, **kw)
     n = len(full)

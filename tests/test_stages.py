@@ -210,3 +210,50 @@ def test_inference_does_not_load_the_stage_wiring():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['lofi.stages', 'lofi.stages.table']"  # the declarative table only (the config reads it)
+
+
+@pytest.mark.parametrize("stage", ["arrow", "speed", "acp+arrow", "acp+speed"])
+def test_later_stages_take_a_pretext_encoder_through_the_table(tmp_path, stage):
+    """acp+, lofi and head start from a pretext stage's encoder.pt as from ACP's; a pretext encoder is newer than
+    ACP's; lofi's own encoder, when there, wins for the head."""
+    from lofi.stages.base import Context, encoder_source
+    cfg = load_config(None, [f"work_dir={tmp_path}", *OFFLINE], check_paths=False)
+    log = RunLogger(cfg.run_dir, tensorboard=False, progress=False)
+    ctx = Context(cfg, DistInfo(), log)
+    assert encoder_source(ctx, "lofi") is None  # nothing yet: model.weights
+    for earlier in ("acp", stage):
+        (ctx.stage_dir(earlier)).mkdir(parents=True)
+        atomic_save({}, ctx.stage_dir(earlier) / "encoder.pt")
+    mine = str(cfg.run_dir / table.stage_key(stage) / "encoder.pt")
+    assert [encoder_source(ctx, s) for s in ("acp+", "lofi", "head")] == [mine] * 3
+    assert encoder_source(ctx, stage) is None  # a pretext stage starts from model.weights, as ACP does
+    (ctx.stage_dir("lofi")).mkdir()
+    atomic_save({}, ctx.stage_dir("lofi") / "encoder.pt")
+    assert encoder_source(ctx, "head") == str(cfg.run_dir / "lofi" / "encoder.pt")
+    log.close()
+
+
+def test_pretext_stage_names_work_on_the_command_line_and_in_stage_lists(tmp_path):
+    """'+' in a stage name: --stage acp+speed and stages: [acp+arrow] in a YAML file; its section and folder use
+    '_'. The pretext sections take ACP's recipe where they set nothing."""
+    import lofi.train as train
+    assert train.parse_args(["--stage", "acp+speed"]).stage == "acp+speed"
+    row = tmp_path / "row.yaml"
+    row.write_text("stages: [acp+arrow, acp+speed, head]\nacp: {epochs: 3, optim: {name: adam, lr: 0.002}}\n"
+                   "acp_speed: {epochs: 1, fidelity: {T: 2}, weight: 0.5}\n")
+    cfg = load_config(row, OFFLINE, check_paths=False)
+    assert cfg.stages == ["acp+arrow", "acp+speed", "head"] and table.stage_key("acp+arrow") == "acp_arrow"
+    assert (cfg.acp_arrow.epochs, cfg.acp_arrow.optim.name, cfg.acp_arrow.optim.lr) == (3, "adam", 0.002)
+    assert (cfg.acp_speed.epochs, cfg.acp_speed.optim.lr, cfg.acp_speed.weight) == (1, 0.002, 0.5)
+    assert cfg.acp_speed.fidelity.T == 2 and cfg.acp_speed.fidelity.size == cfg.acp.fidelity.size
+    assert cfg.arrow.fidelity == cfg.acp.fidelity and cfg.speed.fast == [1.7, 2.3]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["speed.fast=[1.1, 2.0]", "acp_speed.zoom=[0.5, 1.0]", "acp_arrow.weight=-1", *OFFLINE],
+                    check_paths=False)
+    assert "speed.fast: the sped-up rates [1.1, 2.0] must lie above the normal ones speed.normal=[1.0, 1.2]" in str(
+        e.value)
+    assert "acp_speed.zoom: expected [low, high] with 1 <= low <= high" in str(e.value)
+    assert "acp_arrow.weight: must be ≥ 0, got -1" in str(e.value)
+    with pytest.raises(ConfigError) as e:  # a broken acp section is reported once, not again in each pretext one
+        load_config(None, ["acp.fidelity={L: 1, X: 2}", *OFFLINE], check_paths=False)
+    assert str(e.value).count("fidelity.X: unknown key") == 1

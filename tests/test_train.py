@@ -445,3 +445,63 @@ def test_external_features_from_a_url(tmp_path):
         assert server.requests == ["feats.h5"]
     local, url = (json.loads((tmp_path / run / "demo" / "metrics.json").read_text())["head"] for run in ("local", "url"))
     assert local["val_average_mAP"] == url["val_average_mAP"]
+
+
+# The self-supervised pretext stages: Arrow of Time and SpeedNet, alone and beside ACP's cross-entropy. They take
+# ACP's recipe (acp.epochs=2 here) unless their section sets a key; speed and acp+arrow run 1 epoch of 3 steps.
+PRETEXT = ["stages=[arrow, speed, acp+arrow, acp+speed]", "acp.epochs=2", "speed.epochs=1", "acp_arrow.epochs=1",
+           "checkpoint.every_iters=1"]
+PRETEXT_SECTIONS = ("arrow", "speed", "acp_arrow", "acp_speed")
+
+
+@pytest.fixture(scope="module")
+def pretext_run(tiny_shards, tmp_path_factory):
+    """The four pretext stages on the tiny clips, then lofi and head (1 epoch each) from the last one's encoder."""
+    work = tmp_path_factory.mktemp("pretext")
+    proc = train(work, tiny_shards, *PRETEXT, "stages=[arrow, speed, acp+arrow, acp+speed, lofi, head]",
+                 "lofi.epochs=1", "head.epochs=1")
+    return work / "demo", proc
+
+
+def test_pretext_stages_then_lofi_and_head(pretext_run, tiny_shards):
+    from lofi.engine.plots import curve_data, plot_curves
+    run_dir, proc = pretext_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    clips = json.loads((tiny_shards / "clips" / "manifest.json").read_text())["splits"]["validation"]["num_samples"]
+    steps = {stage: [r for r in read_log(run_dir / "log.jsonl") if r.get("stage") == stage and r.get("kind") == "step"]
+             for stage in ("arrow", "speed", "acp+arrow", "acp+speed")}
+    _, per_epoch = curve_data(run_dir / "log.jsonl")
+    for (stage, records), section in zip(steps.items(), PRETEXT_SECTIONS):
+        state = torch.load(run_dir / section / "last.pt", weights_only=False)
+        assert state["position"]["done"] and (run_dir / section / "encoder.pt").is_file(), stage
+        assert len(records) == 3 * state["position"]["epoch"] and all("pretext_acc" in r for r in records), stage
+        held_out = metrics[section]
+        assert held_out["val_clips"] == clips and 0 <= held_out["val_pretext_accuracy"] <= 1, stage
+        assert f"[{stage}] validation pretext accuracy {100 * held_out['val_pretext_accuracy']:.1f}%" in proc.stdout
+        combined = stage.startswith("acp+")  # ACP's cross-entropy too, and its accuracy
+        assert ("val_accuracy" in held_out) == combined and all(("class_loss" in r) == combined for r in records)
+        assert per_epoch[stage]["val_pretext_accuracy"] == [(state["position"]["epoch"],
+                                                              held_out["val_pretext_accuracy"])]
+    assert [len(r) for r in steps.values()] == [6, 3, 3, 6]
+    assert "no labels" in proc.stdout and "beside ACP's cross-entropy over 3 classes" in proc.stdout
+    assert f"encoder from {run_dir / 'acp_speed' / 'encoder.pt'}" in proc.stdout  # lofi: the newest clip encoder
+    assert (run_dir / "model.pt").is_file() and 0 <= metrics["head"]["val_average_mAP"] <= 1
+    assert plot_curves(run_dir / "log.jsonl", run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pretext_resume_mid_epoch_is_exact(pretext_run, tiny_shards, tmp_path):
+    """The pretext stages killed mid-epoch and resumed (--resume auto) end with the weights of the uninterrupted
+    run: arrow killed in its second epoch, then acp+speed in its second epoch after the others ran."""
+    run_dir, _ = pretext_run
+    killed = [train(tmp_path, tiny_shards, *PRETEXT, *resume, check=False,
+                    wrapper=[str(REPO / "tests" / "kill_after.py"), steps])
+              for steps, resume in (("5", []), ("13", ["--resume", "auto"]))]
+    assert [p.returncode for p in killed] == [-signal.SIGKILL] * 2, killed[-1].stderr[-2000:]
+    done = train(tmp_path, tiny_shards, *PRETEXT, "--resume", "auto")
+    # killed after step 5, the last checkpoint is after step 4: epoch 1, iteration 1 (3 steps per epoch)
+    assert "[arrow] resumed at epoch 1, iteration 1" in killed[1].stdout
+    assert "[acp+speed] resumed at epoch 1, iteration 1" in done.stdout  # 2 + 3 + 3 + 5 steps into the second run
+    for section in PRETEXT_SECTIONS:
+        a = torch.load(run_dir / section / "last.pt", weights_only=False)["models"]["model"]
+        b = torch.load(tmp_path / "demo" / section / "last.pt", weights_only=False)["models"]["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), section
