@@ -137,9 +137,12 @@ class ClsStageConfig:
 
 @dataclass
 class SpeedStageConfig(ClsStageConfig):
-    """SpeedNet pretext (lofi.data.pretext): each clip played at a normal rate (drawn from ``normal``) and sped up
-    (from ``fast``), in one batch; a training clip is zoomed by a factor from ``zoom`` before the crop. Each range is
-    [low, high], drawn uniformly per clip; rates multiply the gaps between the sampled frames."""
+    """SpeedNet pretext (Benaim et al., CVPR 2020; lofi.data.pretext): each clip played at a normal rate (drawn from
+    ``normal``) and sped up (from ``fast``, 2× on average), both in one batch; a training clip is zoomed by a factor
+    from ``zoom`` before the crop. Each range is [low, high], drawn uniformly per clip; a rate multiplies the gaps
+    between the clip's sampled frames. Drawing the rates and the zoom per clip keeps frame-rate and compression
+    artefacts (and the size of the motion in pixels) from telling the classes apart, as SpeedNet's temporal and
+    spatial augmentation do."""
     normal: List[float] = field(default_factory=lambda: [1.0, 1.2])
     fast: List[float] = field(default_factory=lambda: [1.7, 2.3])
     zoom: List[float] = field(default_factory=lambda: [1.0, 1.5])

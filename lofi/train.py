@@ -2,8 +2,9 @@
 [--resume [auto|PATH] | --overwrite] [key=value ...]``; plain ``python -m lofi.train`` runs one process. With no
 ``--config`` the demo runs (building the synthetic shards first when they are missing).
 
-Stages: acp, acp+ (classification), lofi (end to end at low fidelity), head (frozen encoder, full-fidelity
-features), eval, or ``all`` = the config's ``stages`` in order, each reading the previous one's output.
+Stages: acp, acp+ (classification), arrow, speed, acp+arrow, acp+speed (self-supervised pretext tasks on the clips,
+alone or beside ACP's loss), lofi (end to end at low fidelity), head (frozen encoder, full-fidelity features), eval,
+or ``all`` = the config's ``stages`` in order, each reading the previous one's output.
 Everything is written under ``work_dirs/NAME/``. A stage that holds an earlier run's checkpoints is continued
 (``--resume``) or started afresh (``--overwrite``), never silently overwritten.
 """

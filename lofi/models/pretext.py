@@ -9,9 +9,9 @@ from .classifiers import VideoClassifier
 
 
 class PretextClassifier(nn.Module):
-    """uint8 views (B, V, L, T, 3, H, W) → (pretext logits (B·V, 2), in view order per clip, and class logits (B, K)
-    of view 0, the clip as sampled; None without classes). Each head is a ``VideoClassifier``: a linear layer on the
-    encoder's snippet features mean-pooled over L."""
+    """uint8 views (B, V, L, T, 3, H, W) → (pretext logits (B·V, V), clip by clip in view order (view v's label is
+    v), and class logits (B, K) of view 0, the clip as sampled; None without classes). Each head is a
+    ``VideoClassifier``: a linear layer on the encoder's snippet features mean-pooled over L."""
 
     def __init__(self, encoder: nn.Module, num_classes: int = 0, views: int = 2):
         super().__init__()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from lofi.config import stage_key
-from lofi.data.pretext import Pretext
+from lofi.data.pretext import VIEWS, Pretext
 from lofi.models.pretext import PretextClassifier
 
 from .base import Context, encoder_source, export_encoder, make_encoder, read_manifest
@@ -50,7 +50,7 @@ def run(ctx: Context) -> Path:
     ctx.log.info(f"[{stage}] {task.task} pretext on the clips of {shards}"
                  + (f", weight {sc.weight:g}, beside ACP's cross-entropy over {len(classes)} classes" if classes
                     else ", no labels") + f"; encoder {cfg.model.encoder} from {init or 'random initialization'}")
-    model = PretextClassifier(make_encoder(cfg, init), len(classes)).to(info.device)
+    model = PretextClassifier(make_encoder(cfg, init), len(classes), VIEWS).to(info.device)
 
     def loss(net, batch):
         pretext_logits, class_logits = net(batch["frames"].to(info.device, non_blocking=True))
