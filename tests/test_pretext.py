@@ -157,3 +157,17 @@ def test_training_batches_hold_both_views_of_every_clip(tmp_path, monkeypatch):
         assert len(rates) > 1
         zoomed = {p["crop"].resize_h for p in plans}
         assert (len(zoomed) > 1 and min(zoomed) >= 32 and max(zoomed) <= 48) if train else zoomed == {32}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="needs nvidia-dali")
+def test_dali_fallback_keeps_the_views(tmp_path):
+    """A batch DALI fails on is decoded by PyAV in the plan's view layout: the cpu backend's frames."""
+    from lofi.data.backend_dali import cpu_fallback
+    write_shards(str(tmp_path), "training", [{"info": video_info(f"c{i}", 40, 48, 64)} for i in range(2)], per_shard=2)
+    fid = Fidelity(2, 3, 32, 32)
+    kw = dict(batch_size=2, schedule=lambda e, i: fid, train=True, epoch=0, seed=5, num_workers=0, pretext=SPEED)
+    planned_batch = next(iter(build_loader(str(tmp_path), "training", backend="dali", **kw).front))
+    with pytest.warns(UserWarning, match="DALI failed"):
+        fallback = cpu_fallback(planned_batch, True, RuntimeError("decoder failed"))
+    decoded = next(iter(build_loader(str(tmp_path), "training", backend="cpu", **kw)))
+    assert fallback["frames"].shape == (2, 2, 2, 3, 3, 32, 32) and torch.equal(fallback["frames"], decoded["frames"])

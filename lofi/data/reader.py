@@ -200,17 +200,17 @@ class FrontEnd(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(numpy_seed(self.seed, self.epoch, position))
         zoom = 1.0 if self.pretext is None else self.pretext.zoom_factor(self.train, rng)
         crop = crop_params(int(info["height"]), int(info["width"]), fid.H, fid.W, self.train, rng, zoom)
-        views: Dict[str, list] = {}
+        view_meta: Dict[str, list] = {}
         try:
             if self.pretext is None:
                 frames = snippet_frame_indices(num_frames, fid.L, fid.T, stride, start, end)
             else:
-                frames, views = self.pretext.views(num_frames, fid.L, fid.T, stride, start, end, self.train, rng)
+                frames, view_meta = self.pretext.views(num_frames, fid.L, fid.T, stride, start, end, self.train, rng)
         except ValueError as exc:
             raise CorruptSample(str(exc)) from exc
         meta = {"id": str(info["id"]), "duration": float(info["duration"]), "fps": fps, "annotations": annotations,
                 "snippet_times": snippet_times(frames.reshape(-1, fid.T), fps).reshape(frames.shape[:-1]),
-                "key": sample["__key__"], "pad": (not self.train) and position >= len(self.units), **views}
+                "key": sample["__key__"], "pad": (not self.train) and position >= len(self.units), **view_meta}
         label = annotations[segment] if segment is not None else info
         if "label_id" in label:
             meta["label_id"] = int(label["label_id"])
