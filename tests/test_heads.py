@@ -1,13 +1,15 @@
 """Every registered localization head (lofi.models.registry.HEADS) through the TALHead interface: outputs at every
 L the LoFi schedule produces, losses finite without positives, a micro-batch's share of the global-batch loss,
 gradients into the encoder end to end, random outputs post-processed to a result file the evaluator scores, and CUDA
-against the CPU."""
+against the CPU; a perfect prediction scores mAP 1.0."""
 import pytest
 import torch
 
-from lofi.config import load_config
+from lofi.config import CONFIG_DIR, load_config
 from lofi.evaluation import evaluate_detection
 from lofi.models import build_encoder
+from lofi.models.actionformer import ActionFormer
+from lofi.models.map_head import ProposalMapHead
 from lofi.models.registry import HEADS, head_from_config
 from lofi.models.tal import EndToEnd
 from lofi.postprocess import detect, result_json
@@ -15,6 +17,8 @@ from lofi.postprocess import detect, result_json
 OFFLINE = ["data.synthetic.build=false"]
 C = 32
 LENGTHS = (4, 16, 25, 50, 100)
+ANET_CONFIGS = {"gtad": "anet_tsm_r18.yaml", "bmn": "anet_tsm_r18_bmn.yaml",
+                "actionformer": "anet_tsm_r18_actionformer.yaml"}
 
 
 def config(name, *overrides):
@@ -114,6 +118,38 @@ def test_random_outputs_post_process_to_a_scored_result_file(name):
                                  "annotations": m["annotations"]} for m in meta}}
     result = evaluate_detection(gt, result_json(out["detections"], out["classifier"]), tiou_thresholds=[0.5])
     assert 0 <= result["average_mAP"] <= 1 and all(len(v) > 0 for v in out["detections"].values())
+
+
+def perfect_outputs(head, meta, L):
+    """Outputs that predict ``meta``'s annotations exactly: a map head's start/end probabilities and both maps are
+    its targets; ActionFormer scores its positive points high with the target distances."""
+    t = head.targets(meta, L)
+    if isinstance(head, ProposalMapHead):
+        return {"start": t["start"], "end": t["end"], "maps": torch.stack([t["iou_map"], t["iou_map"]], 1)}
+    assert isinstance(head, ActionFormer), f"no perfect outputs for {type(head).__name__}"
+    valid = head.points(L)["valid"].expand(len(meta), -1)
+    return {"cls_logits": torch.where(t["cls"] > 0, 10.0, -10.0) * valid, "offsets": t["offsets"].clone(),
+            "valid": valid.clone()}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("recipe", ["default", "activitynet"])
+def test_a_perfect_prediction_scores_map_one(name, recipe):
+    """With the default post-processing and with the head's ActivityNet config's (BMN's Soft-NMS rule, ActionFormer's
+    voting and minimum duration)."""
+    # annotations on the 1 s snippet grid of 16 snippets: each is one proposal exactly
+    meta = [{"id": "v0", "duration": 16.0, "annotations": [{"segment": [2.0, 7.0], "label": "run", "label_id": 0},
+                                                           {"segment": [10.0, 15.0], "label": "run", "label_id": 0}]},
+            {"id": "v1", "duration": 16.0, "annotations": [{"segment": [0.0, 5.0], "label": "swim", "label_id": 1}]}]
+    head = make_head(name).eval()
+    pp = (config(name) if recipe == "default" else
+          load_config(CONFIG_DIR / ANET_CONFIGS[name], OFFLINE, check_paths=False)).postprocess
+    out = detect(head, perfect_outputs(head, meta, 16), meta, pp,
+                 class_scores=torch.tensor([[0.9, 0.1], [0.1, 0.9]]), classes=["run", "swim"])
+    gt = {"database": {m["id"]: {"subset": "validation", "duration": m["duration"],
+                                 "annotations": m["annotations"]} for m in meta}}
+    result = evaluate_detection(gt, result_json(out["detections"], out["classifier"]), tiou_thresholds=[0.5, 0.95])
+    assert result["mAP"] == [1.0, 1.0]
 
 
 @pytest.mark.cuda
