@@ -42,7 +42,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 step env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv; $PY -c 'import torch; print(torch.__version__, torch.version.cuda)'"
 step build 150 $PY setup.py build_ext --inplace || { echo "build failed"; }
-step tests_cuda 90 $PY -m pytest -m cuda -q -x -p no:cacheprovider
+step tests_cuda 120 $PY -m pytest -m cuda -q -x -p no:cacheprovider
 step bench_sgalign 45 $PY tools/bench_sgalign.py --device cuda --json "$OUTDIR/bench_sgalign.json"
 step bench_soft_nms 30 $PY tools/bench_soft_nms.py --device cuda --json "$OUTDIR/bench_soft_nms.json"
 # A few LoFi training steps per fidelity (synthetic shards, cpu data backend via the carried PyAV/webdataset wheels):
