@@ -1,4 +1,5 @@
-"""Models: snippet encoders, the G-TAD head, their registries, classifiers, the TAL models, targets and losses."""
+"""Models: snippet encoders, the localization heads (G-TAD, BMN, ActionFormer) and their interface, their registries,
+classifiers, the TAL models, targets and losses."""
 from .classifiers import ClipClassifier, VideoClassifier
 from .encoder import R2Plus1DEncoder, TSMEncoder, temporal_shift
 from .gcnext import GCNeXt

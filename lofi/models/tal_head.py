@@ -39,7 +39,7 @@ class TALHead(nn.Module):
 
     loss_terms: Tuple[str, ...] = ()
 
-    def forward(self, features: torch.Tensor) -> Outputs:  # pragma: no cover - every head implements it
+    def forward(self, features: torch.Tensor) -> Outputs:
         raise NotImplementedError
 
     def targets(self, meta: Sequence[dict], L: int) -> Targets:
