@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -467,7 +468,12 @@ def test_pretext_stages_then_lofi_and_head(pretext_run, tiny_shards):
     from lofi.engine.plots import curve_data, plot_curves
     run_dir, proc = pretext_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    clips = json.loads((tiny_shards / "clips" / "manifest.json").read_text())["splits"]["validation"]["num_samples"]
+    validation = json.loads((tiny_shards / "clips" / "manifest.json").read_text())["splits"]["validation"]
+    clips, classes = validation["num_samples"], set()  # the labels of the validation clips, read from their shards
+    for name in validation["shards"]:
+        with tarfile.open(tiny_shards / "clips" / name) as tar:
+            classes |= {json.load(tar.extractfile(m))["label"] for m in tar if m.name.endswith(".json")}
+    classes = sorted(classes)
     steps = {stage: [r for r in read_log(run_dir / "log.jsonl") if r.get("stage") == stage and r.get("kind") == "step"]
              for stage in ("arrow", "speed", "acp+arrow", "acp+speed")}
     _, per_epoch = curve_data(run_dir / "log.jsonl")
@@ -478,6 +484,12 @@ def test_pretext_stages_then_lofi_and_head(pretext_run, tiny_shards):
         held_out = metrics[section]
         assert held_out["val_clips"] == clips and 0 <= held_out["val_pretext_accuracy"] <= 1, stage
         assert f"[{stage}] validation pretext accuracy {100 * held_out['val_pretext_accuracy']:.1f}%" in proc.stdout
+        # per source class: every class of the validation clips, and the overall accuracy lies within their range
+        by_class = {k.split("/", 1)[1]: v for k, v in held_out.items() if k.startswith("val_pretext_accuracy/")}
+        assert sorted(by_class) == classes and all(0 <= v <= 1 for v in by_class.values()), stage
+        assert min(by_class.values()) <= held_out["val_pretext_accuracy"] <= max(by_class.values()), stage
+        assert f"[{stage}] validation pretext accuracy by source class: " in proc.stdout
+        assert f"{classes[0]} {100 * by_class[classes[0]]:.1f}%" in proc.stdout
         combined = stage.startswith("acp+")  # ACP's cross-entropy too, and its accuracy
         assert ("val_accuracy" in held_out) == combined and all(("class_loss" in r) == combined for r in records)
         assert per_epoch[stage]["val_pretext_accuracy"] == [(state["position"]["epoch"],

@@ -85,7 +85,8 @@ def heldout_accuracy(ctx: Context, stage: str, net: torch.nn.Module, loader_fn,
     """Accuracies of ``net`` (unwrapped: no DDP collectives, so ranks may skip padding-only batches; in eval mode
     meanwhile) on every clip of the validation loader (padding skipped, gathered over ranks): ``score(frames, meta)``
     of a batch's real clips (frames on the device) returns {name: (correct, total)}. Logged as ``metrics[stage]``
-    ({name: accuracy, val_clips}) and returned on rank 0 (None elsewhere, or when the subset is empty)."""
+    ({name: accuracy, val_clips}) and returned on rank 0 (None elsewhere, or when the subset is empty); a name with a
+    ``/`` (a breakdown, e.g. per class) goes to the metrics but gets no log line of its own."""
     net.eval()
     counts: Dict[str, Tuple[int, int]] = {}
     clips = 0
@@ -107,6 +108,8 @@ def heldout_accuracy(ctx: Context, stage: str, net: torch.nn.Module, loader_fn,
               for name in names}
     ctx.log.metrics(stage_key(stage), {**result, "val_clips": clips})
     for name, value in result.items():
+        if "/" in name:
+            continue
         ctx.log.info(f"[{stage}] validation {name.removeprefix('val_').replace('_', ' ')} {100 * value:.1f}% on "
                      f"{clips} clips ({ctx.cfg.data.val_subset})")
     return result

@@ -1,14 +1,16 @@
 """The self-supervised pretext stages on the clip set (``data.clip_shards``), as ``ctx.stage``:
 
 * ``arrow`` (Arrow of Time) and ``speed`` (SpeedNet): the encoder with a linear head on its pooled features learns
-  whether a clip plays forwards or backwards, or at normal speed or sped up; no label is read.
+  whether a clip plays forwards or backwards, or at normal speed or sped up; training reads no label.
 * ``acp+arrow`` and ``acp+speed``: ACP's cross-entropy on the clip as sampled plus ``weight`` × that pretext loss,
   on every step (each clip is encoded twice: as sampled and transformed).
 
 The two views of every clip are chosen in the data front end's plan (lofi.data.pretext), so both backends serve
 them. Each stage trains like ACP (lofi.stages.classification: its section's fixed fidelity, epochs, batch size and
 optimizer), writes ``<stage>/encoder.pt`` for the later stages, and its pretext accuracy (and ACP's accuracy for the
-combined stages) on the validation clips to ``metrics.json`` and the log.
+combined stages) on the validation clips to ``metrics.json`` and the log; also the pretext accuracy per source class
+(``val_pretext_accuracy/<class>``), which tells whether some classes give the task away (a motion that is never seen
+reversed, say).
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def run(ctx: Context) -> Path:
     sc, task = getattr(cfg, stage_key(stage)), pretext_task(ctx)
     shards = cfg.data.clip_shards
     manifest = read_manifest(shards)
-    classes = manifest["classes"] if stage.startswith("acp+") else []  # ACP + pretext
+    names = manifest.get("classes", [])
+    classes = names if stage.startswith("acp+") else []  # ACP + pretext
     init = encoder_source(ctx, stage)
     ctx.log.info(f"[{stage}] {task.task} pretext on the clips of {shards}"
                  + (f", weight {sc.weight:g}, beside ACP's cross-entropy over {len(classes)} classes" if classes
@@ -68,12 +71,23 @@ def run(ctx: Context) -> Path:
     def score(frames, meta):
         pretext_logits, class_logits = model(frames)
         targets = pretext_targets(meta).to(info.device)
-        out = {"val_pretext_accuracy": (int((pretext_logits.argmax(1) == targets).sum()), len(targets))}
+        hits = (pretext_logits.argmax(1) == targets).view(len(meta), VIEWS).cpu()
+        out = {"val_pretext_accuracy": (int(hits.sum()), hits.numel())}
+        if all("label_id" in m for m in meta):  # a clip set without labels gets no breakdown
+            labels = labels_of(meta)
+            for c in labels.unique().tolist():
+                out[f"val_pretext_accuracy/{names[c]}"] = (int(hits[labels == c].sum()), hits[labels == c].numel())
         if class_logits is not None:
             out["val_accuracy"] = (int((class_logits.argmax(1) == labels_of(meta).to(info.device)).sum()), len(meta))
         return out
 
     val_loader = train_on_clips(ctx, model, loss, shards, pretext=task)
     if cfg.data.val_subset in manifest.get("splits", {}):
-        heldout_accuracy(ctx, stage, model, val_loader, score)
+        result = heldout_accuracy(ctx, stage, model, val_loader, score) or {}
+        by_class = sorted((v, k.split("/", 1)[1]) for k, v in result.items() if "/" in k)
+        if by_class:
+            shown = by_class if len(by_class) <= 10 else by_class[:3] + by_class[-3:]
+            ctx.log.info(f"[{stage}] validation pretext accuracy by source class"
+                         + (" (the 3 lowest and highest)" if len(shown) < len(by_class) else "") + ": "
+                         + ", ".join(f"{name} {100 * v:.1f}%" for v, name in shown))
     return export_encoder(ctx, stage, model.encoder)
