@@ -218,7 +218,8 @@ def load_cells(out: Path) -> List[dict]:
 
 def encoder_change(before: str, after: str) -> Dict[str, Optional[float]]:
     """How far a stage moved the encoder (do gradients reach it?): relative L2 change ||after - before|| / ||before||
-    of the conv weights, of the BN affine weights and of the BN running variances (None when a group is empty)."""
+    of the conv weights (2-D and 3-D kernels), of the BN affine weights and of the BN running variances (None when a
+    group is empty)."""
     import torch
     a = torch.load(before, map_location="cpu", weights_only=True)
     b = torch.load(after, map_location="cpu", weights_only=True)
@@ -227,7 +228,7 @@ def encoder_change(before: str, after: str) -> Dict[str, Optional[float]]:
         num = sum(float((b[k].float() - a[k].float()).pow(2).sum()) for k in keys)
         den = sum(float(a[k].float().pow(2).sum()) for k in keys)
         return math.sqrt(num / den) if den else None
-    conv = [k for k in a if k.endswith(".weight") and a[k].dim() == 4]
+    conv = [k for k in a if k.endswith(".weight") and a[k].dim() >= 4]
     bn = [k for k in a if k.endswith(".weight") and a[k].dim() == 1]
     var = [k for k in a if k.endswith("running_var")]
     return {"conv_weight": rel(conv), "bn_weight": rel(bn), "bn_running_var": rel(var)}

@@ -224,14 +224,14 @@ def test_deeper_encoders_have_their_own_bn_control(tmp_path):
 
 def test_encoder_change(tmp_path):
     import torch
-    before = {"backbone.conv1.weight": torch.ones(2, 1, 3, 3), "backbone.bn1.weight": torch.ones(2),
-              "backbone.bn1.running_var": torch.ones(2)}
-    after = {"backbone.conv1.weight": 1.1 * torch.ones(2, 1, 3, 3), "backbone.bn1.weight": torch.ones(2),
-             "backbone.bn1.running_var": torch.tensor([1.0, 3.0])}
+    before = {"backbone.conv1.weight": torch.ones(2, 1, 3, 3), "backbone.conv2.weight": torch.ones(2, 1, 3, 3, 1),
+              "backbone.bn1.weight": torch.ones(2), "backbone.bn1.running_var": torch.ones(2)}
+    after = {"backbone.conv1.weight": 1.1 * torch.ones(2, 1, 3, 3), "backbone.conv2.weight": torch.ones(2, 1, 3, 3, 1),
+             "backbone.bn1.weight": torch.ones(2), "backbone.bn1.running_var": torch.tensor([1.0, 3.0])}
     torch.save(before, tmp_path / "a.pt")
     torch.save(after, tmp_path / "b.pt")
     ch = S.encoder_change(str(tmp_path / "a.pt"), str(tmp_path / "b.pt"))
-    assert ch["conv_weight"] == pytest.approx(0.1) and ch["bn_weight"] == 0.0
+    assert ch["conv_weight"] == pytest.approx(0.1 / math.sqrt(2)) and ch["bn_weight"] == 0.0  # 3-D kernels count
     assert ch["bn_running_var"] == pytest.approx(2 / math.sqrt(2))
 
 
