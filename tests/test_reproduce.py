@@ -151,6 +151,24 @@ def test_paired_delta_table_from_hand_made_cells():
     assert SR.paired(SR.summarize(cells[:2] + cells[4:6]), "r50_acp", "acp") == [10.0]  # seed 1: the only common one
 
 
+def test_clip_accuracy_table_from_hand_made_cells():
+    cells = [make_cell(r, s, 10.0) for r in ("acp", "arrow", "acp_arrow") for s in range(2)]
+    for c in cells[2:4]:  # arrow: pretext accuracy, overall and per source class
+        c["clip_accuracy"] = {"arrow": {"val_pretext_accuracy": 0.5 + c["seed"] / 10, "val_clips": 300,
+                                        "val_pretext_accuracy/rise": 1.0, "val_pretext_accuracy/bounce": 0.5}}
+    for c in cells[4:]:  # ACP + arrow: ACP's class accuracy too
+        c["clip_accuracy"] = {"arrow": {"val_pretext_accuracy": 0.6, "val_accuracy": 0.9, "val_clips": 300}}
+    summary = SR.summarize(cells)
+    assert summary["acp"]["clip_accuracy"] == {}
+    assert summary["arrow"]["clip_accuracy"]["arrow"]["val_pretext_accuracy"] == pytest.approx((0.55, 0.0707, 2), 1e-3)
+    lines = SR.clip_accuracy_table(summary, ["acp", "arrow", "acp_arrow"]).splitlines()
+    assert len(lines) == 4  # header, rule, one line per row with a clip stage (acp's ACP is shared: not the cell's)
+    assert lines[2] == (f"| {summary['arrow']['label']} | `arrow` | 2 | — | 55.00 ± 7.07 | bounce 50.00 ± 0.00, "
+                        "rise 100.00 ± 0.00 |")
+    assert lines[3] == f"| {summary['acp_arrow']['label']} | `arrow` | 2 | 90.00 ± 0.00 | 60.00 ± 0.00 | — |"
+    assert SR.clip_accuracy_table(summary, ["acp"]) is None
+
+
 def test_results_markdown_and_plots(tmp_path):
     root = tmp_path / "results"
     cells = [make_cell(r, s, base + s) for r, base in (("acp", 10.0), ("long_c_lofi", 15.0), ("icp", 5.0))
