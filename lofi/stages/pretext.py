@@ -73,12 +73,13 @@ def run(ctx: Context) -> Path:
         targets = pretext_targets(meta).to(info.device)
         hits = (pretext_logits.argmax(1) == targets).view(len(meta), VIEWS).cpu()
         out = {"val_pretext_accuracy": (int(hits.sum()), hits.numel())}
-        if all("label_id" in m for m in meta):  # a clip set without labels gets no breakdown
-            labels = labels_of(meta)
-            for c in labels.unique().tolist():
-                out[f"val_pretext_accuracy/{names[c]}"] = (int(hits[labels == c].sum()), hits[labels == c].numel())
+        if class_logits is None and not all("label_id" in m for m in meta):
+            return out  # a clip set without labels: no breakdown by class
+        labels = labels_of(meta)
+        for c in labels.unique().tolist():
+            out[f"val_pretext_accuracy/{names[c]}"] = (int(hits[labels == c].sum()), hits[labels == c].numel())
         if class_logits is not None:
-            out["val_accuracy"] = (int((class_logits.argmax(1) == labels_of(meta).to(info.device)).sum()), len(meta))
+            out["val_accuracy"] = (int((class_logits.argmax(1).cpu() == labels).sum()), len(meta))
         return out
 
     val_loader = train_on_clips(ctx, model, loss, shards, pretext=task)
